@@ -1,0 +1,99 @@
+//! `chatserver`: one chat node. See `chatserver --help`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chat::bus::LocalBus;
+use chat::config::HashCost;
+use chat::store::SqliteStore;
+use chat::{Config, Server};
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "A chat server node, wire-compatible with the canonical cluster-chat clients")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:6000")]
+    listen: String,
+    /// Worker reactors (default: number of cores).
+    #[arg(long, env = "CHAT_THREADS")]
+    threads: Option<usize>,
+    /// Blocking pool threads (default: 2 × cores).
+    #[arg(long, env = "CHAT_POOL_THREADS")]
+    pool_threads: Option<usize>,
+    /// Where users, friends, groups and offline messages live: `sqlite:PATH`.
+    #[arg(long, env = "CHAT_STORE", default_value = "sqlite:chat.db")]
+    store: String,
+    /// Largest request frame in bytes.
+    #[arg(long, env = "CHAT_MAX_FRAME", default_value_t = 64 * 1024)]
+    max_frame: usize,
+    /// Largest chat `msg` in bytes.
+    #[arg(long, env = "CHAT_MAX_MSG", default_value_t = 16 * 1024)]
+    max_msg: usize,
+    /// Largest outbound queue per connection in bytes; slower readers are disconnected.
+    #[arg(long, env = "CHAT_MAX_OUTBOUND", default_value_t = 4 * 1024 * 1024)]
+    max_outbound: usize,
+    /// Largest offline mailbox per user, in messages.
+    #[arg(long, env = "CHAT_MAILBOX_CAP", default_value_t = 10_000)]
+    mailbox_cap: usize,
+    /// Argon2id memory cost in KiB.
+    #[arg(long, env = "CHAT_HASH_MEMORY_KIB", default_value_t = HashCost::default().memory_kib)]
+    hash_memory_kib: u32,
+    /// Argon2id passes.
+    #[arg(long, env = "CHAT_HASH_ITERATIONS", default_value_t = HashCost::default().iterations)]
+    hash_iterations: u32,
+    /// How long shutdown waits, per phase, for work in flight and output to flush (ms).
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE_MS", default_value_t = 700)]
+    shutdown_grace_ms: u64,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("chatserver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let defaults = Config::default();
+    let config = Config {
+        threads: args.threads.unwrap_or(defaults.threads),
+        pool_threads: args.pool_threads.unwrap_or(defaults.pool_threads),
+        max_frame: args.max_frame,
+        max_msg: args.max_msg,
+        max_outbound: args.max_outbound,
+        mailbox_cap: args.mailbox_cap,
+        hash: HashCost { memory_kib: args.hash_memory_kib, iterations: args.hash_iterations },
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        ..defaults
+    };
+    let store = match args.store.split_once(':') {
+        Some(("sqlite", path)) => {
+            let path = PathBuf::from(path);
+            SqliteStore::open(&path, config.pool_threads.min(8)).map_err(|e| format!("store {}: {e}", args.store))?
+        }
+        _ => return Err(format!("unsupported --store {:?}: expected sqlite:PATH", args.store)),
+    };
+    let listener = TcpListener::bind(&args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let server = Server::new(listener, config, Box::new(store), Box::new(LocalBus)).map_err(|e| e.to_string())?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let handle = server.shutdown_handle();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: shutting down");
+            handle.shutdown();
+        }
+    });
+    // Scripts and tests read the bound address from this line (useful with port 0).
+    println!("listening on {addr}");
+    server.run().map_err(|e| e.to_string())
+}

@@ -1,0 +1,45 @@
+//! Cross-node routing: presence arbitration and delivery to users on other nodes.
+//!
+//! A single node uses [`LocalBus`], for which every user is local: the in-memory presence map
+//! decides everything and the bus answers "nobody elsewhere". A cluster bus (Redis) implements the
+//! same calls; they block, so they run on the pool.
+
+use crate::UserId;
+
+/// The bus could not answer; the request gets errno 10.
+#[derive(Debug, thiserror::Error)]
+#[error("bus unavailable: {0}")]
+pub struct BusError(pub String);
+
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// Claims cluster-wide presence for `user`, logging in on this node. `false`: live elsewhere.
+    fn claim(&self, user: UserId) -> Result<bool, BusError>;
+    /// Releases a claim made by this node.
+    fn release(&self, user: UserId) -> Result<(), BusError>;
+    /// Delivers an encoded message to `user` on another node. `false`: not online elsewhere.
+    fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError>;
+    /// Whether `user` is online on another node (for friend and member states).
+    fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError>;
+}
+
+/// The in-process bus of a single node.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalBus;
+
+impl Bus for LocalBus {
+    fn claim(&self, _user: UserId) -> Result<bool, BusError> {
+        Ok(true)
+    }
+
+    fn release(&self, _user: UserId) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn route(&self, _user: UserId, _msg: &str) -> Result<bool, BusError> {
+        Ok(false)
+    }
+
+    fn online_elsewhere(&self, _user: UserId) -> Result<bool, BusError> {
+        Ok(false)
+    }
+}

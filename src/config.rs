@@ -1,0 +1,57 @@
+//! Tunables of one node. Every limit that protects the node from its clients lives here.
+
+use std::time::Duration;
+
+/// Node configuration; `Config::default()` is what `chatserver` runs with when given no flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Worker reactors (each one thread with its own `mio::Poll`).
+    pub threads: usize,
+    /// Threads of the blocking pool (store, bus and password hashing).
+    pub pool_threads: usize,
+    /// Requests queued on the pool beyond which new ones get errno 10 at once.
+    pub pool_queue: usize,
+    /// Largest request frame, in bytes of one JSON value.
+    pub max_frame: usize,
+    /// Largest `msg` of a chat, in bytes.
+    pub max_msg: usize,
+    /// Largest outbound queue of one connection; a reader slower than that is cut off.
+    pub max_outbound: usize,
+    /// Largest offline mailbox of one user, in messages.
+    pub mailbox_cap: usize,
+    /// Argon2id cost of password hashes.
+    pub hash: HashCost,
+    /// How long shutdown waits for in-flight work and for output to flush, per phase.
+    pub shutdown_grace: Duration,
+}
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Default for HashCost {
+    /// The OWASP-recommended minimum for argon2id: 19 MiB, 2 passes.
+    fn default() -> Self {
+        HashCost { memory_kib: 19 * 1024, iterations: 2 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Config {
+            threads: cores,
+            pool_threads: 2 * cores,
+            pool_queue: 4096,
+            max_frame: 64 * 1024,
+            max_msg: 16 * 1024,
+            max_outbound: 4 * 1024 * 1024,
+            mailbox_cap: 10_000,
+            hash: HashCost::default(),
+            shutdown_grace: Duration::from_millis(700),
+        }
+    }
+}

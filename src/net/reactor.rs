@@ -1,0 +1,701 @@
+//! A worker reactor: one thread, one `mio::Poll`, the connections it owns.
+//!
+//! Per loop iteration: socket events (read → frame → handle; writable → mark for flush), then a
+//! bounded batch of channel messages, then connections whose input was cut short by the read
+//! budget, then one flush per connection with output. Everything here runs on the reactor's
+//! own thread; [`ReactorHandle`] and [`Router`] are the only parts other threads use.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::mem;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use serde_json::Value;
+use slab::Slab;
+
+use super::conn::{Conn, Out, State};
+use crate::config::Config;
+use crate::pool::PoolHandle;
+use crate::proto::codec::{Decoded, FrameError};
+use crate::proto::{reply, Errno};
+use crate::service::{Delivery, Effect, Effects, Job, JobKind, Loc, Outcome, Outlet, Service, User};
+use crate::UserId;
+
+const WAKER: Token = Token(usize::MAX);
+/// Bytes one connection may read per loop iteration before others get their turn.
+const READ_BUDGET: usize = 256 * 1024;
+const SCRATCH: usize = 64 * 1024;
+/// Channel messages handled per loop iteration, so sockets are never starved.
+const MSG_BATCH: usize = 1024;
+/// Input a lingering connection may still send before it is simply closed.
+const LINGER_LIMIT: usize = 1024 * 1024;
+
+/// What other threads ask of a reactor.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// A socket from the acceptor, to register with this reactor's `Poll`.
+    NewConn(TcpStream),
+    Deliver(Delivery),
+    /// Fetch the mailbox of the session at `to` (messages were stored while it logged in).
+    Drain {
+        to: Loc,
+        user: UserId,
+    },
+    JobDone {
+        token: usize,
+        conn: u64,
+        outcome: Outcome,
+    },
+    /// Shutdown, phase 1: read no more; report once no job is in flight.
+    Quiesce,
+    /// Shutdown, phase 2: end sessions, flush until `deadline`, store what is unsent, exit.
+    Finish {
+        deadline: Instant,
+    },
+}
+
+/// Sends to one reactor. Any thread.
+#[derive(Debug, Clone)]
+pub(crate) struct ReactorHandle {
+    tx: Sender<Msg>,
+    waker: Arc<Waker>,
+    /// Set when a wake-up is pending, so a busy reactor is woken once, not per message.
+    notified: Arc<AtomicBool>,
+}
+
+impl ReactorHandle {
+    pub(crate) fn send(&self, msg: Msg) {
+        if self.tx.send(msg).is_err() {
+            return; // the reactor has exited: shutdown is past the point of delivering
+        }
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                log::error!("reactor wake-up failed: {e}");
+            }
+        }
+    }
+}
+
+/// Every reactor of the node, by index. Any thread.
+#[derive(Debug)]
+pub(crate) struct Router {
+    reactors: Vec<ReactorHandle>,
+}
+
+impl Router {
+    pub(crate) fn new(reactors: Vec<ReactorHandle>) -> Router {
+        Router { reactors }
+    }
+
+    pub(crate) fn send(&self, reactor: usize, msg: Msg) {
+        if let Some(h) = self.reactors.get(reactor) {
+            h.send(msg);
+        }
+    }
+
+    pub(crate) fn broadcast(&self, msg: impl Fn() -> Msg) {
+        for h in &self.reactors {
+            h.send(msg());
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.reactors.len()
+    }
+}
+
+impl Outlet for Router {
+    fn deliver(&self, d: Delivery) {
+        self.send(d.to.reactor, Msg::Deliver(d));
+    }
+
+    fn drain(&self, to: Loc, user: UserId) {
+        self.send(to.reactor, Msg::Drain { to, user });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Quiescing { reported: bool },
+    Finished,
+}
+
+/// A worker reactor, before and while it runs on its thread.
+#[derive(Debug)]
+pub(crate) struct Reactor {
+    idx: usize,
+    poll: Poll,
+    rx: Receiver<Msg>,
+    notified: Arc<AtomicBool>,
+    conns: Slab<Conn>,
+    next_conn_id: u64,
+    jobs_in_flight: usize,
+    service: Arc<Service>,
+    router: Arc<Router>,
+    pool: PoolHandle,
+    quiet: Sender<usize>,
+    max_frame: usize,
+    max_outbound: usize,
+    scratch: Vec<u8>,
+    fx: Effects,
+    /// Connections with output to flush at the end of this iteration.
+    dirty: Vec<usize>,
+    /// Connections whose input was cut short by the read budget.
+    backlog: Vec<usize>,
+    phase: Phase,
+}
+
+/// The parts of a reactor that exist before the router does.
+#[derive(Debug)]
+pub(crate) struct ReactorSeed {
+    poll: Poll,
+    rx: Receiver<Msg>,
+    notified: Arc<AtomicBool>,
+}
+
+impl Reactor {
+    pub(crate) fn seed() -> io::Result<(ReactorSeed, ReactorHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let notified = Arc::new(AtomicBool::new(false));
+        Ok((ReactorSeed { poll, rx, notified: notified.clone() }, ReactorHandle { tx, waker, notified }))
+    }
+
+    pub(crate) fn new(
+        idx: usize,
+        seed: ReactorSeed,
+        config: &Config,
+        service: Arc<Service>,
+        router: Arc<Router>,
+        pool: PoolHandle,
+        quiet: Sender<usize>,
+    ) -> Reactor {
+        Reactor {
+            idx,
+            poll: seed.poll,
+            rx: seed.rx,
+            notified: seed.notified,
+            conns: Slab::new(),
+            next_conn_id: 0,
+            jobs_in_flight: 0,
+            service,
+            router,
+            pool,
+            quiet,
+            max_frame: config.max_frame,
+            max_outbound: config.max_outbound,
+            scratch: vec![0; SCRATCH],
+            fx: Effects::default(),
+            dirty: Vec::new(),
+            backlog: Vec::new(),
+            phase: Phase::Running,
+        }
+    }
+
+    /// The event loop. Returns after `Msg::Finish`.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut more_msgs = false;
+        while self.phase != Phase::Finished {
+            let timeout = (more_msgs || !self.backlog.is_empty()).then_some(Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("reactor {}: poll failed: {e}", self.idx);
+                break;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    // Cleared before the queue is read: a message sent after this wakes us again.
+                    WAKER => self.notified.store(false, Ordering::Release),
+                    Token(key) => {
+                        let Some(conn) = self.conns.get_mut(key) else { continue };
+                        if event.is_writable() {
+                            self.dirty.push(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            conn.readable = true;
+                            self.pump(key);
+                        }
+                    }
+                }
+            }
+            more_msgs = self.handle_messages();
+            for key in mem::take(&mut self.backlog) {
+                self.pump(key);
+            }
+            self.flush_dirty();
+            if self.phase == (Phase::Quiescing { reported: false }) && self.jobs_in_flight == 0 {
+                self.phase = Phase::Quiescing { reported: true };
+                let _ = self.quiet.send(self.idx);
+            }
+        }
+        self.drain_channel_at_exit();
+    }
+
+    /// Handles up to one batch of channel messages; `true` if more are waiting.
+    fn handle_messages(&mut self) -> bool {
+        for _ in 0..MSG_BATCH {
+            match self.rx.try_recv() {
+                Ok(msg) => self.on_message(msg),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return false,
+            }
+            if self.phase == Phase::Finished {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::NewConn(stream) => self.accept(stream),
+            Msg::Deliver(d) => self.deliver(d),
+            Msg::Drain { to, user } => self.on_drain(to, user),
+            Msg::JobDone { token, conn, outcome } => self.on_job_done(token, conn, outcome),
+            Msg::Quiesce => {
+                if self.phase == Phase::Running {
+                    self.phase = Phase::Quiescing { reported: false };
+                }
+            }
+            Msg::Finish { deadline } => self.finish(deadline),
+        }
+    }
+
+    fn loc(&self, key: usize) -> Loc {
+        Loc { reactor: self.idx, token: key, conn: self.conns.get(key).map_or(0, |c| c.id) }
+    }
+
+    fn accept(&mut self, mut stream: TcpStream) {
+        if self.phase != Phase::Running {
+            return; // dropped: the node is shutting down
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("reactor {}: cannot register a connection: {e}", self.idx);
+            return;
+        }
+        self.next_conn_id += 1;
+        log::debug!("conn {}.{}: open", self.idx, self.next_conn_id);
+        entry.insert(Conn::new(stream, self.next_conn_id, self.max_frame));
+        // Edge-triggered: bytes that came before registration raise no event; look now.
+        self.pump(key);
+    }
+
+    /// Handles buffered requests, then reads more while the connection may proceed.
+    fn pump(&mut self, key: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.conns.get(key) else { return };
+            if conn.busy || conn.state == State::Closed {
+                return;
+            }
+            if conn.is_open() && !conn.inbuf.is_empty() && !self.process_inbuf(key) {
+                return;
+            }
+            let shutting_down = self.phase != Phase::Running;
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if !conn.readable || conn.eof || shutting_down {
+                return; // when shutting down, requests already received are done, no new ones read
+            }
+            if budget == 0 {
+                self.backlog.push(key);
+                return;
+            }
+            let mut scratch = mem::take(&mut self.scratch);
+            let go_on = match conn.stream.read(&mut scratch) {
+                Ok(0) if conn.is_open() => {
+                    // Half-close: answer what was asked, then close (see `flush_dirty`).
+                    conn.eof = true;
+                    self.dirty.push(key);
+                    false
+                }
+                Ok(0) => {
+                    self.close(key, "peer closed");
+                    false
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.on_input(key, &scratch[..n]);
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.readable = false;
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+                Err(e) => {
+                    self.close(key, &e.to_string());
+                    false
+                }
+            };
+            self.scratch = scratch;
+            if !go_on {
+                return;
+            }
+        }
+    }
+
+    /// New bytes from the socket. Parsed in place when nothing is pending, so an idle connection
+    /// holds no input buffer; only an incomplete tail (or input behind a job) is copied.
+    fn on_input(&mut self, key: usize, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if let State::Lingering { discarded } = &mut conn.state {
+            *discarded += data.len();
+            if *discarded > LINGER_LIMIT {
+                self.close(key, "lingering peer kept sending");
+            }
+            return;
+        }
+        if conn.inbuf.is_empty() {
+            let used = self.process(key, data);
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.is_open() {
+                    conn.inbuf.extend_from_slice(&data[used..]);
+                }
+            }
+        } else {
+            conn.inbuf.extend_from_slice(data);
+            self.process_inbuf(key);
+        }
+    }
+
+    /// Processes `inbuf`; `true` if the connection may read more.
+    fn process_inbuf(&mut self, key: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let pending = mem::take(&mut conn.inbuf);
+        let used = self.process(key, &pending);
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        if conn.is_open() {
+            conn.inbuf = pending;
+            conn.inbuf.drain(..used);
+            conn.compact_input();
+        }
+        conn.is_open() && !conn.busy
+    }
+
+    /// Frames and handles requests from `data` until it runs out or a job holds the connection.
+    /// Returns how many bytes were used.
+    fn process(&mut self, key: usize, data: &[u8]) -> usize {
+        let mut used = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return data.len() };
+            if !conn.is_open() {
+                return data.len();
+            }
+            if conn.busy {
+                return used;
+            }
+            match conn.decoder.decode(&data[used..]) {
+                Ok(Decoded::Frame { start, end }) => {
+                    let frame = &data[used + start..used + end];
+                    used += end;
+                    match serde_json::from_slice::<Value>(frame) {
+                        Ok(value) => self.dispatch(key, value),
+                        Err(_) => {
+                            self.reject_stream(key, Errno::BadRequest, "bad request: not JSON");
+                            return data.len();
+                        }
+                    }
+                }
+                Ok(Decoded::Need { discard }) => return used + discard,
+                Err(e) => {
+                    let errno = if e == FrameError::TooLarge { Errno::TooLarge } else { Errno::BadRequest };
+                    self.reject_stream(key, errno, &e.to_string());
+                    return data.len();
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, key: usize, value: Value) {
+        let here = self.loc(key);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let job = self.service.handle(&mut conn.session, here, value, &mut self.fx);
+        self.apply_effects(key);
+        if let Some(job) = job {
+            self.submit(key, job);
+        }
+    }
+
+    /// Carries out what a handler decided: replies, deliveries, background work.
+    fn apply_effects(&mut self, key: usize) {
+        let mut fx = mem::take(&mut self.fx);
+        if let Some(conn) = self.conns.get_mut(key) {
+            for r in fx.replies.drain(..) {
+                conn.queue(Out::Reply(r));
+            }
+            self.dirty.push(key);
+        }
+        for d in fx.deliveries.drain(..) {
+            if d.to.reactor == self.idx {
+                self.deliver(d);
+            } else {
+                self.router.deliver(d);
+            }
+        }
+        for job in fx.background.drain(..) {
+            self.submit_background(job);
+        }
+        self.fx = fx;
+    }
+
+    /// Runs `job` on the pool; the connection handles nothing else until it is done.
+    fn submit(&mut self, key: usize, job: Job) {
+        if self.pool.is_busy() && job.kind.is_request() {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.session.pending = None;
+                if let Some(bytes) = job.reject(Errno::Unavailable) {
+                    conn.queue(Out::Reply(bytes));
+                }
+                self.dirty.push(key);
+            }
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.busy = true;
+        self.jobs_in_flight += 1;
+        let here = self.loc(key);
+        let (service, router) = (self.service.clone(), self.router.clone());
+        self.pool.submit(move || {
+            let outcome = service.run(job, here, &*router);
+            router.send(here.reactor, Msg::JobDone { token: here.token, conn: here.conn, outcome });
+        });
+    }
+
+    /// Pool work nobody waits for (store unsent messages, mark a session offline).
+    fn submit_background(&self, job: Job) {
+        let (service, router) = (self.service.clone(), self.router.clone());
+        let here = Loc { reactor: self.idx, token: usize::MAX, conn: 0 };
+        self.pool.submit(move || drop(service.run(job, here, &*router)));
+    }
+
+    fn spill(&self, unsent: Vec<(UserId, Arc<str>)>) {
+        // One job per user keeps each user's messages in order in one transaction.
+        let mut by_user: HashMap<UserId, Vec<Arc<str>>> = HashMap::new();
+        for (user, msg) in unsent {
+            by_user.entry(user).or_default().push(msg);
+        }
+        for (user, msgs) in by_user {
+            self.submit_background(Job { seq: None, kind: JobKind::Spill { user, msgs } });
+        }
+    }
+
+    /// A message for a session of this reactor, from this or another thread's handler.
+    fn deliver(&mut self, d: Delivery) {
+        match self.conns.get_mut(d.to.token) {
+            Some(conn) if conn.id == d.to.conn && conn.is_open() && conn.session.expects(d.user) => {
+                if conn.busy {
+                    conn.held.push((d.user, d.msg));
+                } else {
+                    conn.queue(Out::Chat(d.user, d.msg));
+                    self.dirty.push(d.to.token);
+                }
+            }
+            // The session ended after the sender looked it up: the message is not lost.
+            _ => self.spill(vec![(d.user, d.msg)]),
+        }
+    }
+
+    fn on_drain(&mut self, to: Loc, user: UserId) {
+        if self.phase != Phase::Running {
+            return; // the mailbox stays stored
+        }
+        match self.conns.get_mut(to.token) {
+            Some(conn) if conn.id == to.conn && conn.is_open() && conn.session.expects(user) => {
+                if conn.busy {
+                    conn.drain_wanted = true;
+                } else {
+                    self.submit(to.token, Job { seq: None, kind: JobKind::Drain { user } });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_job_done(&mut self, key: usize, id: u64, outcome: Outcome) {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id && c.busy) else {
+            log::error!("reactor {}: a job finished for a connection that is gone", self.idx);
+            return;
+        };
+        conn.busy = false;
+        conn.session.pending = None;
+        self.jobs_in_flight -= 1;
+        let open = conn.is_open();
+        if let (Some(bytes), true) = (outcome.reply, open) {
+            conn.queue(Out::Reply(bytes));
+        }
+        let mut unsent = Vec::new();
+        match outcome.effect {
+            Effect::None => {}
+            Effect::LoggedIn { data, seq } if open => {
+                conn.queue(Out::Reply(reply::login_ok(&data, seq.as_ref())));
+                log::debug!("conn {}.{}: user {} logged in", self.idx, id, data.id);
+                conn.session.user = Some(User { id: data.id, name: data.name });
+            }
+            Effect::LoggedIn { data, .. } => {
+                // The client left while logging in: end the session, keep its mailbox.
+                let here = Loc { reactor: self.idx, token: key, conn: id };
+                self.service.end_session(data.id, here, &mut self.fx);
+                unsent.extend(data.offline.into_iter().map(|m| (data.id, Arc::from(m + "\n"))));
+            }
+            Effect::Drained { user, msgs } => {
+                let msgs = msgs.into_iter().map(|m| Arc::<str>::from(m + "\n"));
+                if open && conn.session.user.as_ref().is_some_and(|u| u.id == user) {
+                    msgs.for_each(|m| conn.queue(Out::Chat(user, m)));
+                } else {
+                    unsent.extend(msgs.map(|m| (user, m)));
+                }
+            }
+        }
+        // Deliveries that waited for this job now follow its answer.
+        for (user, msg) in mem::take(&mut conn.held) {
+            if open && conn.session.user.as_ref().is_some_and(|u| u.id == user) {
+                conn.queue(Out::Chat(user, msg));
+            } else {
+                unsent.push((user, msg));
+            }
+        }
+        let drain = mem::take(&mut conn.drain_wanted).then(|| conn.session.user.as_ref().map(|u| u.id)).flatten();
+        if !open {
+            self.conns.remove(key);
+        }
+        self.apply_effects(key);
+        self.spill(unsent);
+        if !open {
+            return;
+        }
+        match drain {
+            Some(user) if self.phase == Phase::Running => {
+                self.submit(key, Job { seq: None, kind: JobKind::Drain { user } });
+            }
+            _ => self.pump(key),
+        }
+    }
+
+    /// A framing error: answer it, end the session, and linger until the peer closes.
+    fn reject_stream(&mut self, key: usize, errno: Errno, errmsg: &str) {
+        let here = self.loc(key);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        log::debug!("conn {}.{}: framing error: {errmsg}", self.idx, conn.id);
+        conn.queue(Out::Reply(reply::error(None, None, errno, errmsg)));
+        conn.state = State::Lingering { discarded: 0 };
+        conn.inbuf = Vec::new();
+        if let Some(user) = conn.session.user.take() {
+            self.service.end_session(user.id, here, &mut self.fx);
+        }
+        self.dirty.push(key);
+        self.apply_effects(key);
+    }
+
+    /// Closes the socket now and ends the session; unsent messages go to the offline store.
+    fn close(&mut self, key: usize, why: &str) {
+        let here = self.loc(key);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.state == State::Closed {
+            return;
+        }
+        log::debug!("conn {}.{}: closed: {why}", self.idx, conn.id);
+        conn.state = State::Closed;
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = conn.stream.shutdown(Shutdown::Both);
+        conn.inbuf = Vec::new();
+        if let Some(user) = conn.session.user.take() {
+            self.service.end_session(user.id, here, &mut self.fx);
+        }
+        let unsent = conn.take_unsent();
+        if !conn.busy {
+            self.conns.remove(key); // else removed when its job returns
+        }
+        self.apply_effects(key);
+        self.spill(unsent);
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for key in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.state == State::Closed || !(conn.has_output() || conn.eof) {
+                continue;
+            }
+            if let Err(e) = conn.flush() {
+                self.close(key, &e.to_string());
+                continue;
+            }
+            if conn.eof && !conn.busy && !conn.has_output() {
+                self.close(key, "peer closed");
+                continue;
+            }
+            if conn.queued_bytes() > self.max_outbound {
+                log::warn!(
+                    "conn {}.{}: reader too slow, {} bytes queued; closing",
+                    self.idx,
+                    conn.id,
+                    conn.queued_bytes()
+                );
+                self.close(key, "outbound queue over its cap");
+            }
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
+    }
+
+    /// Shutdown phase 2. Sessions end first so nothing new is delivered to them; output gets
+    /// until `deadline` to drain; whatever is still unsent is stored offline.
+    fn finish(&mut self, deadline: Instant) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for &key in &keys {
+            let here = self.loc(key);
+            if let Some(user) = self.conns.get_mut(key).and_then(|c| c.session.user.take()) {
+                self.service.end_session(user.id, here, &mut self.fx);
+                self.apply_effects(key);
+            }
+        }
+        let mut events = Events::with_capacity(256);
+        loop {
+            self.dirty.extend(self.conns.iter().filter(|(_, c)| c.has_output()).map(|(k, _)| k));
+            self.flush_dirty();
+            let pending = self.conns.iter().any(|(_, c)| c.has_output() && c.state != State::Closed);
+            let now = Instant::now();
+            if !pending || now >= deadline {
+                break;
+            }
+            let _ = self.poll.poll(&mut events, Some(deadline - now));
+        }
+        for key in keys {
+            self.close(key, "server shutting down");
+        }
+        self.phase = Phase::Finished;
+    }
+
+    /// Messages that raced with the exit: store what was meant for sessions.
+    fn drain_channel_at_exit(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Deliver(d) => self.spill(vec![(d.user, d.msg)]),
+                Msg::JobDone { outcome: Outcome { effect: Effect::LoggedIn { data, .. }, .. }, .. } => {
+                    let offline = data.offline.into_iter().map(|m| (data.id, Arc::from(m + "\n"))).collect();
+                    self.spill(offline);
+                }
+                Msg::JobDone { outcome: Outcome { effect: Effect::Drained { user, msgs }, .. }, .. } => {
+                    self.spill(msgs.into_iter().map(|m| (user, Arc::from(m + "\n"))).collect());
+                }
+                _ => {}
+            }
+        }
+    }
+}

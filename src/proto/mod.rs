@@ -1,0 +1,13 @@
+//! The wire protocol of PROTOCOL.md: framing, requests, replies and error numbers.
+//!
+//! Bytes flow `codec::Decoder` (where does one JSON value end?) → `serde_json` (parse it) →
+//! `request::parse_envelope` / `parse_body` (what is asked?) → the service; answers come back
+//! as bytes from `reply`, each a compact JSON object and one `\n`.
+
+pub mod codec;
+mod errno;
+pub mod reply;
+pub mod request;
+
+pub use errno::Errno;
+pub use request::{MsgId, Request};

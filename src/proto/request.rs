@@ -1,0 +1,266 @@
+//! Requests, parsed once at the edge from one JSON value.
+//!
+//! Parsing is two-staged so errors come in the order PROTOCOL.md gives them: the envelope
+//! (`msgid`, `seq`) first, so unknown ids are errno 5 whether logged in or not; the service then
+//! checks the session (errno 3) before the body is parsed (errno 4 and 9).
+
+use serde_json::{Map, Value};
+
+use super::Errno;
+use crate::{GroupId, UserId};
+
+/// Message ids of PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgId {
+    Login = 1,
+    LoginAck = 2,
+    Logout = 3,
+    Register = 4,
+    RegisterAck = 5,
+    OneChat = 6,
+    AddFriend = 7,
+    CreateGroup = 8,
+    AddGroup = 9,
+    GroupChat = 10,
+    Ack = 11,
+}
+
+impl MsgId {
+    /// The ids a client may send.
+    fn request(n: i64) -> Option<MsgId> {
+        Some(match n {
+            1 => MsgId::Login,
+            3 => MsgId::Logout,
+            4 => MsgId::Register,
+            6 => MsgId::OneChat,
+            7 => MsgId::AddFriend,
+            8 => MsgId::CreateGroup,
+            9 => MsgId::AddGroup,
+            10 => MsgId::GroupChat,
+            _ => return None,
+        })
+    }
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// One request, its fields checked for type and range.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Login { id: UserId, password: String },
+    Logout { id: Option<UserId> },
+    Register { name: String, password: String },
+    OneChat { id: Option<UserId>, toid: UserId, msg: String, time: Option<String> },
+    AddFriend { id: Option<UserId>, friendid: UserId },
+    CreateGroup { id: Option<UserId>, name: String, desc: String },
+    AddGroup { id: Option<UserId>, groupid: GroupId },
+    GroupChat { id: Option<UserId>, groupid: GroupId, msg: String, time: Option<String> },
+}
+
+impl Request {
+    /// The `id` the client claims to be, for the identity check.
+    pub fn claimed_id(&self) -> Option<UserId> {
+        match *self {
+            Request::Login { .. } | Request::Register { .. } => None,
+            Request::Logout { id }
+            | Request::OneChat { id, .. }
+            | Request::AddFriend { id, .. }
+            | Request::CreateGroup { id, .. }
+            | Request::AddGroup { id, .. }
+            | Request::GroupChat { id, .. } => id,
+        }
+    }
+}
+
+/// A request that cannot be carried out, and what to answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The request's msgid when it was readable (answers to 1 and 4 use their own ack ids).
+    pub req: Option<i64>,
+    pub seq: Option<Value>,
+    pub errno: Errno,
+    pub errmsg: String,
+}
+
+/// The first stage: a JSON object with a known msgid and a well-formed `seq`.
+#[derive(Debug)]
+pub struct Envelope {
+    pub msgid: MsgId,
+    pub seq: Option<Value>,
+    pub fields: Map<String, Value>,
+}
+
+/// Limits that body parsing enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_msg: usize,
+}
+
+pub const MAX_NAME: usize = 50;
+pub const MAX_PASSWORD: usize = 128;
+pub const MAX_GROUP_DESC: usize = 200;
+pub const MAX_TIME: usize = 64;
+pub const MAX_SEQ: usize = 64;
+
+/// A body field that is wrong: errno and text for the reply.
+pub type FieldError = (Errno, String);
+
+fn bad(what: impl Into<String>) -> FieldError {
+    (Errno::BadRequest, what.into())
+}
+
+pub fn parse_envelope(value: Value) -> Result<Envelope, Rejection> {
+    let reject = |req, seq, errno: Errno, errmsg: &str| Rejection { req, seq, errno, errmsg: errmsg.to_owned() };
+    let Value::Object(mut fields) = value else {
+        return Err(reject(None, None, Errno::BadRequest, "bad request: not a JSON object"));
+    };
+    let msgid = match fields.get("msgid") {
+        Some(Value::Number(n)) => n.as_i64(),
+        _ => None,
+    };
+    let Some(msgid) = msgid else {
+        return Err(reject(None, None, Errno::BadRequest, "bad request: msgid must be an integer"));
+    };
+    let seq = match fields.remove("seq") {
+        None => None,
+        Some(v @ Value::String(_)) if v.as_str().is_some_and(|s| s.len() <= MAX_SEQ) => Some(v),
+        Some(v @ Value::Number(_)) if v.is_i64() || v.is_u64() => Some(v),
+        Some(_) => {
+            let errmsg = "bad request: seq must be an integer or a string of at most 64 bytes";
+            return Err(reject(Some(msgid), None, Errno::BadRequest, errmsg));
+        }
+    };
+    match MsgId::request(msgid) {
+        Some(msgid) => Ok(Envelope { msgid, seq, fields }),
+        None => Err(reject(Some(msgid), seq, Errno::UnknownMsgId, Errno::UnknownMsgId.message())),
+    }
+}
+
+/// The second stage: the body of a request whose envelope was accepted.
+pub fn parse_body(msgid: MsgId, mut f: Map<String, Value>, limits: Limits) -> Result<Request, FieldError> {
+    Ok(match msgid {
+        MsgId::Login => Request::Login { id: id(&f, "id")?, password: password(&mut f)? },
+        MsgId::Register => Request::Register { name: name(&mut f, "name")?, password: password(&mut f)? },
+        MsgId::Logout => Request::Logout { id: opt_id(&f, "id")? },
+        MsgId::OneChat => Request::OneChat {
+            id: opt_id(&f, "id")?,
+            toid: id(&f, "toid")?,
+            msg: msg(&mut f, limits)?,
+            time: time(&mut f)?,
+        },
+        MsgId::AddFriend => Request::AddFriend { id: opt_id(&f, "id")?, friendid: id(&f, "friendid")? },
+        MsgId::CreateGroup => Request::CreateGroup {
+            id: opt_id(&f, "id")?,
+            name: name(&mut f, "groupname")?,
+            desc: match f.remove("groupdesc") {
+                None => String::new(),
+                Some(v) => text(v, "groupdesc", 0, MAX_GROUP_DESC)?,
+            },
+        },
+        MsgId::AddGroup => Request::AddGroup { id: opt_id(&f, "id")?, groupid: id(&f, "groupid")? },
+        MsgId::GroupChat => Request::GroupChat {
+            id: opt_id(&f, "id")?,
+            groupid: id(&f, "groupid")?,
+            msg: msg(&mut f, limits)?,
+            time: time(&mut f)?,
+        },
+        MsgId::LoginAck | MsgId::RegisterAck | MsgId::Ack => return Err((Errno::UnknownMsgId, "unknown msgid".into())),
+    })
+}
+
+fn opt_id(f: &Map<String, Value>, key: &str) -> Result<Option<u32>, FieldError> {
+    match f.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if (1..=i64::from(i32::MAX)).contains(&n) => Ok(Some(n as u32)),
+            _ => Err(bad(format!("bad request: {key} must be an integer in 1..2147483647"))),
+        },
+    }
+}
+
+fn id(f: &Map<String, Value>, key: &str) -> Result<u32, FieldError> {
+    opt_id(f, key)?.ok_or_else(|| bad(format!("bad request: missing {key}")))
+}
+
+/// A required string field of `min..=max` bytes.
+fn text(v: Value, key: &str, min: usize, max: usize) -> Result<String, FieldError> {
+    match v {
+        Value::String(s) if (min..=max).contains(&s.len()) => Ok(s),
+        Value::String(_) => Err(bad(format!("bad request: {key} must be {min} to {max} bytes"))),
+        _ => Err(bad(format!("bad request: {key} must be a string"))),
+    }
+}
+
+fn required(f: &mut Map<String, Value>, key: &str) -> Result<Value, FieldError> {
+    f.remove(key).ok_or_else(|| bad(format!("bad request: missing {key}")))
+}
+
+fn name(f: &mut Map<String, Value>, key: &str) -> Result<String, FieldError> {
+    let s = text(required(f, key)?, key, 1, MAX_NAME)?;
+    if s.chars().any(char::is_control) {
+        return Err(bad(format!("bad request: {key} must not contain control characters")));
+    }
+    Ok(s)
+}
+
+fn password(f: &mut Map<String, Value>) -> Result<String, FieldError> {
+    text(required(f, "password")?, "password", 1, MAX_PASSWORD)
+}
+
+fn msg(f: &mut Map<String, Value>, limits: Limits) -> Result<String, FieldError> {
+    match required(f, "msg")? {
+        Value::String(s) if s.len() > limits.max_msg => {
+            Err((Errno::TooLarge, format!("too large: msg is over {} bytes", limits.max_msg)))
+        }
+        Value::String(s) => Ok(s),
+        _ => Err(bad("bad request: msg must be a string")),
+    }
+}
+
+fn time(f: &mut Map<String, Value>) -> Result<Option<String>, FieldError> {
+    f.remove("time").map(|v| text(v, "time", 0, MAX_TIME)).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: Limits = Limits { max_msg: 16 };
+
+    fn parse(v: Value) -> Result<Request, FieldError> {
+        let env = parse_envelope(v).map_err(|r| (r.errno, r.errmsg))?;
+        parse_body(env.msgid, env.fields, LIMITS)
+    }
+
+    #[test]
+    fn canonical_requests_parse() {
+        let chat = json!({"msgid":6,"id":1,"name":"a","toid":2,"msg":"hi","time":"t"});
+        assert_eq!(
+            parse(chat).unwrap(),
+            Request::OneChat { id: Some(1), toid: 2, msg: "hi".into(), time: Some("t".into()) }
+        );
+        let group = json!({"msgid":8,"id":1,"groupname":"g","groupdesc":"d"});
+        assert_eq!(parse(group).unwrap(), Request::CreateGroup { id: Some(1), name: "g".into(), desc: "d".into() });
+    }
+
+    #[test]
+    fn errors_in_protocol_order() {
+        let errno = |v| parse(v).unwrap_err().0;
+        assert_eq!(errno(json!([1])), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":"6"})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":99})), Errno::UnknownMsgId);
+        assert_eq!(errno(json!({"msgid":2})), Errno::UnknownMsgId);
+        assert_eq!(errno(json!({"msgid":6,"toid":"2","msg":"x"})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":6,"toid":0,"msg":"x"})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":6,"toid":2147483648_i64,"msg":"x"})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":6,"toid":2,"msg":"x".repeat(17)})), Errno::TooLarge);
+        assert_eq!(errno(json!({"msgid":6,"toid":2,"msg":"x","time":"t".repeat(65)})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":4,"name":"a\nb","password":"p"})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":4,"name":"n".repeat(51),"password":"p"})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":1,"id":1,"password":""})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":7,"friendid":2,"seq":[1]})), Errno::BadRequest);
+    }
+}

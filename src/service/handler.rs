@@ -1,0 +1,98 @@
+//! The reactor half of request handling: validate, check the session, take the fast path or
+//! hand a job to the pool. Reactor thread only; nothing here blocks.
+
+use serde_json::Value;
+
+use super::{now_ms, Delivery, Effects, Job, JobKind, Loc, Service, Session};
+use crate::proto::reply::{self, Chat, Target};
+use crate::proto::request::{parse_body, parse_envelope, Envelope};
+use crate::proto::{Errno, MsgId, Request};
+
+impl Service {
+    /// Handles one request of the connection at `here`. Replies and deliveries go to `fx`; a
+    /// returned job must finish before the connection's next request is handled.
+    pub fn handle(&self, session: &mut Session, here: Loc, frame: Value, fx: &mut Effects) -> Option<Job> {
+        let Envelope { msgid, seq, fields } = match parse_envelope(frame) {
+            Ok(env) => env,
+            Err(rejection) => {
+                fx.replies.push(reply::rejection(&rejection));
+                return None;
+            }
+        };
+        let fail = |fx: &mut Effects, errno: Errno, errmsg: &str| {
+            fx.replies.push(reply::error(Some(msgid.code().into()), seq.as_ref(), errno, errmsg));
+            None
+        };
+        let anonymous = matches!(msgid, MsgId::Login | MsgId::Register);
+        if session.user.is_none() && !anonymous {
+            return fail(fx, Errno::NotLoggedIn, Errno::NotLoggedIn.message());
+        }
+        let req = match parse_body(msgid, fields, self.limits) {
+            Ok(req) => req,
+            Err((errno, errmsg)) => return fail(fx, errno, &errmsg),
+        };
+        let me = match (&session.user, anonymous) {
+            (Some(user), false) => user.clone(),
+            (_, _) => {
+                return match req {
+                    Request::Login { .. } if session.user.is_some() || session.pending.is_some() => {
+                        fail(fx, Errno::AlreadyOnline, Errno::AlreadyOnline.message())
+                    }
+                    Request::Login { id, password } => {
+                        session.pending = Some(id);
+                        Some(Job { seq, kind: JobKind::Login { id, password } })
+                    }
+                    Request::Register { name, password } => {
+                        Some(Job { seq, kind: JobKind::Register { name, password } })
+                    }
+                    // Unreachable: anonymous requests are exactly login and register.
+                    _ => fail(fx, Errno::NotLoggedIn, Errno::NotLoggedIn.message()),
+                };
+            }
+        };
+        if req.claimed_id().is_some_and(|id| id != me.id) {
+            return fail(fx, Errno::Forbidden, Errno::Forbidden.message());
+        }
+        let ack = |fx: &mut Effects| {
+            if let Some(seq) = &seq {
+                fx.replies.push(reply::ok(msgid, seq, None));
+            }
+            None
+        };
+        let chat = |to: Target, msg: &str, time: Option<String>| {
+            let ts = now_ms();
+            // A canonical client reads `time` unconditionally: supply the server's when absent.
+            let time = time.unwrap_or_else(|| super::format_utc(ts));
+            reply::chat(&Chat { from: me.id, name: &me.name, to, msg, time: &time, ts })
+        };
+        let kind = match req {
+            Request::Login { .. } => return fail(fx, Errno::AlreadyOnline, Errno::AlreadyOnline.message()),
+            Request::Register { name, password } => JobKind::Register { name, password },
+            Request::Logout { .. } => {
+                session.user = None;
+                self.end_session(me.id, here, fx);
+                return ack(fx);
+            }
+            Request::OneChat { toid, msg, time, .. } => {
+                let msg = chat(Target::User(toid), &msg, time);
+                match self.presence.get(toid) {
+                    Some(to) => {
+                        fx.deliveries.push(Delivery { to, user: toid, msg });
+                        return ack(fx);
+                    }
+                    None => JobKind::Chat { toid, msg },
+                }
+            }
+            Request::AddFriend { friendid, .. } if friendid == me.id => {
+                return fail(fx, Errno::BadRequest, "bad request: cannot add yourself as a friend");
+            }
+            Request::AddFriend { friendid, .. } => JobKind::AddFriend { me: me.id, friendid },
+            Request::CreateGroup { name, desc, .. } => JobKind::CreateGroup { me: me.id, name, desc },
+            Request::AddGroup { groupid, .. } => JobKind::AddGroup { me: me.id, groupid },
+            Request::GroupChat { groupid, msg, time, .. } => {
+                JobKind::GroupChat { me: me.id, groupid, msg: chat(Target::Group(groupid), &msg, time) }
+            }
+        };
+        Some(Job { seq, kind })
+    }
+}

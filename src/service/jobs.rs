@@ -1,0 +1,205 @@
+//! The pool half of request handling: everything that needs the store or the bus. Pool threads
+//! only; these calls block.
+
+use std::sync::Arc;
+
+use super::{stored_form, Delivery, Effect, Job, JobKind, Loc, Outcome, Outlet, Service};
+use crate::proto::reply::{self, LoginData};
+use crate::proto::{Errno, MsgId};
+use crate::UserId;
+
+/// A dependency failed; the request is answered with errno 10.
+#[derive(Debug)]
+struct Unavailable;
+
+impl<E: std::fmt::Display> From<E> for Unavailable {
+    fn from(e: E) -> Self {
+        log::error!("{e}");
+        Unavailable
+    }
+}
+
+impl Job {
+    /// The answer refusing this job's request with `errno`, if it came from a client.
+    pub fn reject(&self, errno: Errno) -> Option<Vec<u8>> {
+        let req = self.kind.request()?;
+        Some(reply::error(Some(req.code().into()), self.seq.as_ref(), errno, errno.message()))
+    }
+}
+
+impl JobKind {
+    /// Whether this job answers a client request (as opposed to internal work).
+    pub fn is_request(&self) -> bool {
+        self.request().is_some()
+    }
+
+    fn request(&self) -> Option<MsgId> {
+        Some(match self {
+            JobKind::Login { .. } => MsgId::Login,
+            JobKind::Register { .. } => MsgId::Register,
+            JobKind::Chat { .. } => MsgId::OneChat,
+            JobKind::AddFriend { .. } => MsgId::AddFriend,
+            JobKind::CreateGroup { .. } => MsgId::CreateGroup,
+            JobKind::AddGroup { .. } => MsgId::AddGroup,
+            JobKind::GroupChat { .. } => MsgId::GroupChat,
+            JobKind::Drain { .. } | JobKind::Spill { .. } | JobKind::Offline { .. } => return None,
+        })
+    }
+}
+
+impl Service {
+    /// Carries out a job for the connection at `here`.
+    pub fn run(&self, job: Job, here: Loc, outlet: &dyn Outlet) -> Outcome {
+        let req = job.kind.request();
+        let seq = job.seq;
+        let error = |errno: Errno, errmsg: &str| Outcome {
+            reply: req.map(|r| reply::error(Some(r.code().into()), seq.as_ref(), errno, errmsg)),
+            effect: Effect::None,
+        };
+        let ok = |groupid| Outcome {
+            reply: seq.as_ref().zip(req).map(|(seq, r)| reply::ok(r, seq, groupid)),
+            effect: Effect::None,
+        };
+        let result: Result<Outcome, Unavailable> = (|| {
+            Ok(match job.kind {
+                JobKind::Login { id, password } => match self.login(id, &password, here)? {
+                    Ok(data) => Outcome { reply: None, effect: Effect::LoggedIn { data, seq: seq.clone() } },
+                    Err(errno) => error(errno, errno.message()),
+                },
+                JobKind::Register { name, password } => {
+                    let hash = self.hasher.hash(&password)?;
+                    match self.store.create_user(&name, &hash)? {
+                        Some(id) => Outcome { reply: Some(reply::registered(id, seq.as_ref())), effect: Effect::None },
+                        None => error(Errno::Credentials, "name is already taken"),
+                    }
+                }
+                JobKind::Chat { toid, msg } => {
+                    if !self.store.user_exists(toid)? {
+                        return Ok(error(Errno::NoSuchUser, Errno::NoSuchUser.message()));
+                    }
+                    match self.deliver_or_store(toid, &msg, outlet)? {
+                        true => ok(None),
+                        false => error(Errno::MailboxFull, Errno::MailboxFull.message()),
+                    }
+                }
+                JobKind::AddFriend { me, friendid } => {
+                    if !self.store.user_exists(friendid)? {
+                        return Ok(error(Errno::NoSuchUser, Errno::NoSuchUser.message()));
+                    }
+                    self.store.add_friend(me, friendid)?;
+                    ok(None)
+                }
+                JobKind::CreateGroup { me, name, desc } => ok(Some(self.store.create_group(me, &name, &desc)?)),
+                JobKind::AddGroup { me, groupid } => match self.store.join_group(groupid, me)? {
+                    true => ok(None),
+                    false => error(Errno::NoSuchGroup, Errno::NoSuchGroup.message()),
+                },
+                JobKind::GroupChat { me, groupid, msg } => {
+                    let Some(members) = self.store.group_members(groupid)? else {
+                        return Ok(error(Errno::NoSuchGroup, Errno::NoSuchGroup.message()));
+                    };
+                    if !members.contains(&me) {
+                        return Ok(error(Errno::NotMember, Errno::NotMember.message()));
+                    }
+                    for member in members.into_iter().filter(|&m| m != me) {
+                        if !self.deliver_or_store(member, &msg, outlet)? {
+                            log::warn!("group {groupid}: mailbox of user {member} is full; message not stored");
+                        }
+                    }
+                    ok(None)
+                }
+                JobKind::Drain { user } => {
+                    Outcome { reply: None, effect: Effect::Drained { user, msgs: self.store.take_offline(user)? } }
+                }
+                JobKind::Spill { user, msgs } => {
+                    let stored: Vec<&str> = msgs.iter().map(|m| stored_form(m)).collect();
+                    self.store.store_offline(user, &stored, None)?;
+                    self.poke_if_online(user, outlet);
+                    Outcome::default()
+                }
+                JobKind::Offline { user } => {
+                    self.bus.release(user)?;
+                    self.store.set_state(user, false)?;
+                    Outcome::default()
+                }
+            })
+        })();
+        result.unwrap_or_else(|Unavailable| error(Errno::Unavailable, Errno::Unavailable.message()))
+    }
+
+    /// Checks the password, claims presence, then reads what the ack shows. The mailbox is taken
+    /// last and presence registered first: a message stored after the take finds the user live.
+    fn login(&self, id: UserId, password: &str, here: Loc) -> Result<Result<LoginData, Errno>, Unavailable> {
+        let user = self.store.user(id)?;
+        if !self.hasher.verify(password, user.as_ref().map(|u| u.password.as_str())) {
+            return Ok(Err(Errno::Credentials));
+        }
+        let Some(user) = user else { return Ok(Err(Errno::Credentials)) };
+        if !self.presence.insert_if_absent(id, here) {
+            return Ok(Err(Errno::AlreadyOnline));
+        }
+        let gather = || -> Result<Result<LoginData, Errno>, Unavailable> {
+            if !self.bus.claim(id)? {
+                return Ok(Err(Errno::AlreadyOnline));
+            }
+            let friends = self.store.friends(id)?;
+            let friends =
+                friends.iter().map(|(fid, name)| reply::friend_entry(*fid, name, self.is_online(*fid))).collect();
+            let groups = self.store.user_groups(id)?;
+            let groups = groups
+                .iter()
+                .map(|g| {
+                    let users: Vec<String> = g
+                        .members
+                        .iter()
+                        .map(|m| reply::member_entry(m.id, &m.name, self.is_online(m.id), m.creator))
+                        .collect();
+                    reply::group_entry(g.id, &g.name, &g.desc, &users)
+                })
+                .collect();
+            let offline = self.store.take_offline(id)?;
+            Ok(Ok(LoginData { id, name: Arc::from(user.name.as_str()), friends, groups, offline }))
+        };
+        let result = gather();
+        if !matches!(result, Ok(Ok(_))) {
+            self.presence.remove_if(id, here);
+            // Compare-and-delete on the bus side: harmless when the claim was never ours.
+            if let Err(e) = self.bus.release(id) {
+                log::warn!("user {id}: bus claim not released: {e}");
+            }
+            return result;
+        }
+        if let Err(e) = self.store.set_state(id, true) {
+            log::warn!("user {id}: state not written: {e}");
+        }
+        result
+    }
+
+    fn is_online(&self, user: UserId) -> bool {
+        self.presence.get(user).is_some() || self.bus.online_elsewhere(user).unwrap_or(false)
+    }
+
+    /// Delivers `msg` to `user` wherever it is live, else stores it. `false`: mailbox full.
+    fn deliver_or_store(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
+        if let Some(to) = self.presence.get(user) {
+            outlet.deliver(Delivery { to, user, msg: msg.clone() });
+            return Ok(true);
+        }
+        if self.bus.route(user, msg)? {
+            return Ok(true);
+        }
+        if !self.store.store_offline(user, &[stored_form(msg)], Some(self.mailbox_cap))? {
+            return Ok(false);
+        }
+        self.poke_if_online(user, outlet);
+        Ok(true)
+    }
+
+    /// After storing: a user who logged in meanwhile may have taken the mailbox before the store,
+    /// so ask its session to take it again (invariant 3).
+    fn poke_if_online(&self, user: UserId, outlet: &dyn Outlet) {
+        if let Some(to) = self.presence.get(user) {
+            outlet.drain(to, user);
+        }
+    }
+}

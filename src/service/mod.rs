@@ -1,0 +1,193 @@
+//! The chat logic: sessions, presence and what each request does. No sockets, no SQL.
+//!
+//! A request is handled in two halves. [`Service::handle`] runs on the connection's reactor: it
+//! validates, checks the session, and either finishes at once (the fast path: the recipient is
+//! online on this node, so the message goes straight to its reactor) or returns a [`Job`].
+//! [`Service::run`] carries a job out on the blocking pool and returns an [`Outcome`] to the
+//! reactor, which holds the connection's later requests until then (per-connection order).
+
+mod clock;
+mod handler;
+mod jobs;
+mod password;
+mod presence;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use clock::{format_utc, now_ms};
+pub use password::{HashError, Hasher};
+pub use presence::{Loc, Presence};
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::proto::reply::LoginData;
+use crate::proto::request::Limits;
+use crate::store::Store;
+use crate::{GroupId, UserId};
+
+/// Shared by every reactor and pool thread of a node.
+#[derive(Debug)]
+pub struct Service {
+    store: Box<dyn Store>,
+    bus: Box<dyn Bus>,
+    presence: Presence,
+    hasher: Hasher,
+    limits: Limits,
+    mailbox_cap: usize,
+}
+
+/// The logged-in user of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub name: Arc<str>,
+}
+
+/// Session state of one connection, owned by its reactor.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub user: Option<User>,
+    /// A login for this user is in flight.
+    pub pending: Option<UserId>,
+}
+
+impl Session {
+    /// Whether a message for `user` belongs to this session, now or once its login completes.
+    pub fn expects(&self, user: UserId) -> bool {
+        self.user.as_ref().is_some_and(|u| u.id == user) || self.pending == Some(user)
+    }
+}
+
+/// A message to hand to the reactor that owns `to`.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub to: Loc,
+    pub user: UserId,
+    /// The encoded message, trailing newline included.
+    pub msg: Arc<str>,
+}
+
+/// What a handler asks of its reactor besides a blocking job.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Bytes for this connection, in order.
+    pub replies: Vec<Vec<u8>>,
+    pub deliveries: Vec<Delivery>,
+    /// Pool work nobody waits for.
+    pub background: Vec<Job>,
+}
+
+/// Work for the blocking pool.
+#[derive(Debug)]
+pub struct Job {
+    /// Echoed in the answer.
+    pub seq: Option<Value>,
+    pub kind: JobKind,
+}
+
+#[derive(Debug)]
+pub enum JobKind {
+    Login {
+        id: UserId,
+        password: String,
+    },
+    Register {
+        name: String,
+        password: String,
+    },
+    /// A one-to-one message whose recipient is not live on this node.
+    Chat {
+        toid: UserId,
+        msg: Arc<str>,
+    },
+    AddFriend {
+        me: UserId,
+        friendid: UserId,
+    },
+    CreateGroup {
+        me: UserId,
+        name: String,
+        desc: String,
+    },
+    AddGroup {
+        me: UserId,
+        groupid: GroupId,
+    },
+    GroupChat {
+        me: UserId,
+        groupid: GroupId,
+        msg: Arc<str>,
+    },
+    /// Deliver the mailbox of a session that came online while messages were being stored.
+    Drain {
+        user: UserId,
+    },
+    /// Store messages that were accepted but could not be written to their session.
+    Spill {
+        user: UserId,
+        msgs: Vec<Arc<str>>,
+    },
+    /// A session ended: compatibility state and the bus claim.
+    Offline {
+        user: UserId,
+    },
+}
+
+/// A job's result, for the reactor that submitted it.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub reply: Option<Vec<u8>>,
+    pub effect: Effect,
+}
+
+#[derive(Debug, Default)]
+pub enum Effect {
+    #[default]
+    None,
+    LoggedIn {
+        data: LoginData,
+        seq: Option<Value>,
+    },
+    Drained {
+        user: UserId,
+        msgs: Vec<String>,
+    },
+}
+
+/// How the pool reaches reactors. Any thread.
+pub trait Outlet {
+    fn deliver(&self, d: Delivery);
+    /// Asks the session at `to` to fetch its mailbox.
+    fn drain(&self, to: Loc, user: UserId);
+}
+
+impl Service {
+    pub fn new(store: Box<dyn Store>, bus: Box<dyn Bus>, config: &Config) -> Result<Service, HashError> {
+        Ok(Service {
+            store,
+            bus,
+            presence: Presence::default(),
+            hasher: Hasher::new(config.hash)?,
+            limits: Limits { max_msg: config.max_msg },
+            mailbox_cap: config.mailbox_cap,
+        })
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// Ends a live session (logout, close, shutdown): it stops being live at once; the slow part
+    /// goes to the pool.
+    pub fn end_session(&self, user: UserId, here: Loc, fx: &mut Effects) {
+        self.presence.remove_if(user, here);
+        fx.background.push(Job { seq: None, kind: JobKind::Offline { user } });
+    }
+}
+
+/// A stored message is the delivered one without its newline.
+fn stored_form(msg: &str) -> &str {
+    msg.strip_suffix('\n').unwrap_or(msg)
+}

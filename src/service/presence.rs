@@ -1,0 +1,88 @@
+//! Who is logged in on this node, and on which connection. Any thread.
+//!
+//! Sharded so logins on different reactors and pool threads rarely meet on one lock; the
+//! insert-if-absent of a login is what arbitrates two logins of one user.
+
+use std::collections::HashMap;
+
+use parking_lot::RwLock;
+
+use crate::UserId;
+
+/// Where a session lives: its reactor, its slab key there, and the connection's id, which tells a
+/// new connection in a reused slot from the one a message was meant for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Loc {
+    pub reactor: usize,
+    pub token: usize,
+    pub conn: u64,
+}
+
+const SHARDS: usize = 64;
+
+#[derive(Debug)]
+pub struct Presence {
+    shards: Box<[RwLock<HashMap<UserId, Loc>>]>,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
+    }
+}
+
+impl Presence {
+    fn shard(&self, user: UserId) -> &RwLock<HashMap<UserId, Loc>> {
+        &self.shards[user as usize % SHARDS]
+    }
+
+    /// Registers `user` at `loc` unless it is already live; `false` if it was.
+    pub fn insert_if_absent(&self, user: UserId, loc: Loc) -> bool {
+        let mut shard = self.shard(user).write();
+        if shard.contains_key(&user) {
+            return false;
+        }
+        shard.insert(user, loc);
+        true
+    }
+
+    pub fn get(&self, user: UserId) -> Option<Loc> {
+        self.shard(user).read().get(&user).copied()
+    }
+
+    /// Removes `user` only if it is still registered at `loc` (not a newer session).
+    pub fn remove_if(&self, user: UserId, loc: Loc) -> bool {
+        let mut shard = self.shard(user).write();
+        if shard.get(&user) == Some(&loc) {
+            shard.remove(&user);
+            return true;
+        }
+        false
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_login_wins_and_only_it_can_leave() {
+        let p = Presence::default();
+        let a = Loc { reactor: 0, token: 1, conn: 1 };
+        let b = Loc { reactor: 1, token: 1, conn: 2 };
+        assert!(p.insert_if_absent(7, a));
+        assert!(!p.insert_if_absent(7, b));
+        assert!(!p.remove_if(7, b));
+        assert_eq!(p.get(7), Some(a));
+        assert!(p.remove_if(7, a));
+        assert!(p.is_empty());
+    }
+}

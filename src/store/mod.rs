@@ -1,0 +1,68 @@
+//! Durable data: users, friends, groups and offline messages.
+//!
+//! Every method blocks; callers run them on the blocking pool, never on a reactor. Tables and
+//! columns are the canonical ones (`schema.sql`); `User.state` is written for tools that read it
+//! and decides nothing.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::{GroupId, UserId};
+
+/// The store could not answer; the request gets errno 10 and nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub name: String,
+    /// The PHC string of the password hash.
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub id: UserId,
+    pub name: String,
+    pub creator: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub id: GroupId,
+    pub name: String,
+    pub desc: String,
+    pub members: Vec<MemberRecord>,
+}
+
+/// Storage of one chat service. Implementations are shared by all pool threads.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Creates a user; `None` when the name is taken.
+    fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<Option<UserId>>;
+    fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    fn user_exists(&self, id: UserId) -> StoreResult<bool>;
+    /// Writes `User.state` for compatibility; presence never reads it.
+    fn set_state(&self, id: UserId, online: bool) -> StoreResult<()>;
+    /// Makes `a` and `b` friends of each other; idempotent. Both must exist.
+    fn add_friend(&self, a: UserId, b: UserId) -> StoreResult<()>;
+    /// `(id, name)` of every friend, by id.
+    fn friends(&self, id: UserId) -> StoreResult<Vec<(UserId, String)>>;
+    /// Creates a group whose only member is its creator.
+    fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId>;
+    /// Joins `user` to `group` as a normal member; idempotent. `false`: no such group.
+    fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<bool>;
+    /// Member ids of a group; `None`: no such group.
+    fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>>;
+    /// The groups `user` belongs to, each with all its members.
+    fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupRecord>>;
+    /// Appends messages to a user's mailbox, all or none. With `cap`, refuses (returns `false`)
+    /// when the mailbox would pass `cap` messages.
+    fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool>;
+    /// Removes and returns a user's mailbox, oldest first, in one transaction.
+    fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>>;
+}

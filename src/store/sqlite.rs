@@ -1,0 +1,247 @@
+//! The embedded store: one SQLite file in WAL mode, a few connections so readers run in parallel.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{GroupRecord, MemberRecord, Store, StoreError, StoreResult, UserRecord};
+use crate::{GroupId, UserId};
+
+const SCHEMA: &str = include_str!("sqlite_schema.sql");
+
+#[derive(Debug)]
+pub struct SqliteStore {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// Ids are `INTEGER` in SQLite; anything outside `u32` means the file was edited by hand.
+fn id_of(v: i64) -> rusqlite::Result<u32> {
+    u32::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, v))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` with `conns` connections.
+    pub fn open(path: impl AsRef<Path>, conns: usize) -> StoreResult<SqliteStore> {
+        let path = path.as_ref();
+        let mut all = Vec::new();
+        for i in 0..conns.max(1) {
+            let conn = Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            // WAL lets readers run beside the writer; NORMAL still survives a process crash.
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "OFF")?;
+            if i == 0 {
+                conn.execute_batch(SCHEMA)?;
+            }
+            all.push(Mutex::new(conn));
+        }
+        Ok(SqliteStore { conns: all, next: AtomicUsize::new(0) })
+    }
+
+    /// Runs `f` on a free connection, or waits for one.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let result = match self.conns.iter().find_map(|c| c.try_lock()) {
+            Some(mut conn) => f(&mut conn),
+            None => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+                f(&mut self.conns[i].lock())
+            }
+        };
+        Ok(result?)
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<Option<UserId>> {
+        self.with(|c| {
+            let inserted =
+                c.execute("INSERT OR IGNORE INTO User (name, password) VALUES (?1, ?2)", params![name, password_hash])?;
+            if inserted == 0 {
+                return Ok(None);
+            }
+            id_of(c.last_insert_rowid()).map(Some)
+        })
+    }
+
+    fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        self.with(|c| {
+            c.prepare_cached("SELECT name, password FROM User WHERE id = ?1")?
+                .query_row([id], |r| Ok(UserRecord { id, name: r.get(0)?, password: r.get(1)? }))
+                .optional()
+        })
+    }
+
+    fn user_exists(&self, id: UserId) -> StoreResult<bool> {
+        self.with(|c| c.prepare_cached("SELECT 1 FROM User WHERE id = ?1")?.exists([id]))
+    }
+
+    fn set_state(&self, id: UserId, online: bool) -> StoreResult<()> {
+        let state = if online { "online" } else { "offline" };
+        self.with(|c| {
+            c.prepare_cached("UPDATE User SET state = ?2 WHERE id = ?1")?.execute(params![id, state]).map(drop)
+        })
+    }
+
+    fn add_friend(&self, a: UserId, b: UserId) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("INSERT OR IGNORE INTO Friend (userid, friendid) VALUES (?1, ?2), (?2, ?1)", params![a, b])?;
+            tx.commit()
+        })
+    }
+
+    fn friends(&self, id: UserId) -> StoreResult<Vec<(UserId, String)>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT u.id, u.name FROM Friend f JOIN User u ON u.id = f.friendid WHERE f.userid = ?1 ORDER BY u.id",
+            )?;
+            let rows = st.query_map([id], |r| Ok((id_of(r.get(0)?)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("INSERT INTO AllGroup (groupname, groupdesc) VALUES (?1, ?2)", params![name, desc])?;
+            let id = id_of(tx.last_insert_rowid())?;
+            tx.execute(
+                "INSERT INTO GroupUser (groupid, userid, grouprole) VALUES (?1, ?2, 'creator')",
+                params![id, creator],
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<bool> {
+        self.with(|c| {
+            let joined = c.execute(
+                "INSERT OR IGNORE INTO GroupUser (groupid, userid, grouprole)
+                 SELECT id, ?2, 'normal' FROM AllGroup WHERE id = ?1",
+                params![group, user],
+            )?;
+            Ok(joined > 0 || c.prepare_cached("SELECT 1 FROM AllGroup WHERE id = ?1")?.exists([group])?)
+        })
+    }
+
+    fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>> {
+        self.with(|c| {
+            if !c.prepare_cached("SELECT 1 FROM AllGroup WHERE id = ?1")?.exists([group])? {
+                return Ok(None);
+            }
+            let mut st = c.prepare_cached("SELECT userid FROM GroupUser WHERE groupid = ?1 ORDER BY userid")?;
+            let rows = st.query_map([group], |r| id_of(r.get(0)?))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map(Some)
+        })
+    }
+
+    fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupRecord>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut groups: Vec<GroupRecord> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT g.id, g.groupname, g.groupdesc FROM AllGroup g
+                     JOIN GroupUser gu ON gu.groupid = g.id WHERE gu.userid = ?1 ORDER BY g.id",
+                )?;
+                let rows = st.query_map([user], |r| {
+                    Ok(GroupRecord { id: id_of(r.get(0)?)?, name: r.get(1)?, desc: r.get(2)?, members: Vec::new() })
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut st = tx.prepare_cached(
+                "SELECT u.id, u.name, gu.grouprole FROM GroupUser gu
+                 JOIN User u ON u.id = gu.userid WHERE gu.groupid = ?1 ORDER BY u.id",
+            )?;
+            for g in &mut groups {
+                let rows = st.query_map([g.id], |r| {
+                    let role: String = r.get(2)?;
+                    Ok(MemberRecord { id: id_of(r.get(0)?)?, name: r.get(1)?, creator: role == "creator" })
+                })?;
+                g.members = rows.collect::<rusqlite::Result<_>>()?;
+            }
+            drop(st);
+            tx.commit()?;
+            Ok(groups)
+        })
+    }
+
+    fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(cap) = cap {
+                let held: i64 = tx
+                    .prepare_cached("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ?1")?
+                    .query_row([user], |r| r.get(0))?;
+                if usize::try_from(held).unwrap_or(usize::MAX).saturating_add(msgs.len()) > cap {
+                    return Ok(false);
+                }
+            }
+            {
+                let mut st = tx.prepare_cached("INSERT INTO OfflineMessage (userid, message) VALUES (?1, ?2)")?;
+                for m in msgs {
+                    st.execute(params![user, m])?;
+                }
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let msgs = {
+                let mut st = tx.prepare_cached("SELECT message FROM OfflineMessage WHERE userid = ?1 ORDER BY id")?;
+                let rows = st.query_map([user], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()?
+            };
+            if !msgs.is_empty() {
+                tx.execute("DELETE FROM OfflineMessage WHERE userid = ?1", [user])?;
+            }
+            tx.commit()?;
+            Ok(msgs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("t.db"), 2).unwrap();
+        let a = s.create_user("a", "h").unwrap().unwrap();
+        let b = s.create_user("b", "h").unwrap().unwrap();
+        assert_eq!(s.create_user("a", "h").unwrap(), None);
+        s.add_friend(a, b).unwrap();
+        s.add_friend(b, a).unwrap();
+        assert_eq!(s.friends(a).unwrap(), vec![(b, "b".to_owned())]);
+        assert_eq!(s.friends(b).unwrap(), vec![(a, "a".to_owned())]);
+        let g = s.create_group(a, "g", "d").unwrap();
+        assert!(s.join_group(g, b).unwrap());
+        assert!(s.join_group(g, b).unwrap());
+        assert!(!s.join_group(g + 1, b).unwrap());
+        assert_eq!(s.group_members(g).unwrap(), Some(vec![a, b]));
+        let groups = s.user_groups(b).unwrap();
+        assert_eq!(groups.len(), 1);
+        assert!(groups[0].members[0].creator && !groups[0].members[1].creator);
+        assert!(s.store_offline(b, &["1", "2"], Some(2)).unwrap());
+        assert!(!s.store_offline(b, &["3"], Some(2)).unwrap());
+        assert_eq!(s.take_offline(b).unwrap(), vec!["1", "2"]);
+        assert!(s.take_offline(b).unwrap().is_empty());
+    }
+}
