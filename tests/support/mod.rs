@@ -1,0 +1,234 @@
+//! Test support: real servers on port 0 with a private SQLite file, and a raw protocol client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chat::bus::LocalBus;
+use chat::config::HashCost;
+use chat::store::SqliteStore;
+use chat::{Config, Server, ShutdownHandle};
+use serde_json::{json, Value};
+
+/// Cheap hashes keep tests fast; the default cost is covered by the binary tests.
+pub const TEST_HASH: HashCost = HashCost { memory_kib: 256, iterations: 1 };
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn test_config() -> Config {
+    Config { threads: 2, pool_threads: 4, hash: TEST_HASH, ..Config::default() }
+}
+
+/// A server running in this process on its own threads; shut down and joined on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("chat.db");
+        let mut s = Self::start_on(&db, tweak);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server on an existing database file (for restarts); the caller keeps the directory.
+    pub fn start_on(db: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config();
+        tweak(&mut config);
+        let store = SqliteStore::open(db, 4).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = Server::new(listener, config, Box::new(store), Box::new(LocalBus)).unwrap();
+        let addr = server.local_addr().unwrap();
+        let handle = server.shutdown_handle();
+        let thread = Some(std::thread::spawn(move || server.run()));
+        TestServer { addr, db: db.to_owned(), handle, thread, _dir: None }
+    }
+
+    /// Shuts down gracefully and waits; returns how long it took.
+    pub fn stop(&mut self) -> Duration {
+        let t = Instant::now();
+        self.handle.shutdown();
+        if let Some(th) = self.thread.take() {
+            th.join().unwrap().unwrap();
+        }
+        t.elapsed()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// A registered, logged-in user: (client, id).
+    pub fn user(&self, name: &str) -> (Client, u32) {
+        let mut c = self.client();
+        let id = c.register(name, "pw");
+        c.login_ok(id, "pw");
+        (c, id)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// The `chatserver` binary as a child process; killed on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    pub fn spawn(db: &Path, extra: &[&str]) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatserver"))
+            .args(["--listen", "127.0.0.1:0", "--threads", "2", "--hash-memory-kib", "256", "--hash-iterations", "1"])
+            .arg("--store")
+            .arg(format!("sqlite:{}", db.display()))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("bad banner {line:?}"));
+        ServerProcess { addr: addr.parse().unwrap(), child }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args(["-s", sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client speaking raw protocol: JSON lines out, JSON lines in.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.send_raw(format!("{v}\n").as_bytes());
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next message; panics after `TIMEOUT`.
+    pub fn recv(&mut self) -> Value {
+        self.try_recv(TIMEOUT).expect("no message from the server in time")
+    }
+
+    /// The next raw line, newline included.
+    pub fn recv_line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+
+    pub fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut line = String::new();
+        let r = self.reader.read_line(&mut line);
+        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        match r {
+            Ok(0) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"))),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    /// Asserts nothing arrives for a while.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        if let Some(v) = self.try_recv(wait) {
+            panic!("unexpected message {v}");
+        }
+    }
+
+    /// Whether the server closed the connection (EOF or reset) within `TIMEOUT`.
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        }
+    }
+
+    pub fn request(&mut self, v: Value) -> Value {
+        self.send(v);
+        self.recv()
+    }
+
+    pub fn register(&mut self, name: &str, password: &str) -> u32 {
+        let r = self.request(json!({"msgid":4,"name":name,"password":password}));
+        assert_eq!(r["errno"], 0, "register {name}: {r}");
+        r["id"].as_u64().unwrap() as u32
+    }
+
+    pub fn login(&mut self, id: u32, password: &str) -> Value {
+        self.request(json!({"msgid":1,"id":id,"password":password}))
+    }
+
+    pub fn login_ok(&mut self, id: u32, password: &str) -> Value {
+        let r = self.login(id, password);
+        assert_eq!(r["errno"], 0, "login {id}: {r}");
+        r
+    }
+
+    /// Sends a one-to-one chat with a `seq` and waits for its ack.
+    pub fn chat_acked(&mut self, me: u32, to: u32, msg: &str, seq: u64) {
+        let ack = self.request(json!({"msgid":6,"id":me,"toid":to,"msg":msg,"time":"t","seq":seq}));
+        assert_eq!(ack, json!({"msgid":11,"req":6,"seq":seq,"errno":0}));
+    }
+}
+
+/// Parses the login ack's list of JSON-encoded strings.
+pub fn decoded(ack: &Value, key: &str) -> Vec<Value> {
+    ack[key].as_array().map_or(Vec::new(), |a| a.iter().map(|s| serde_json::from_str(s.as_str().unwrap()).unwrap()).collect())
+}
+
+/// Retries `f` until it returns `Some`, for at most `TIMEOUT`.
+pub fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < TIMEOUT, "condition not reached in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
