@@ -71,7 +71,8 @@ fn login_race_loses_and_doubles_nothing() {
             b.expect_silence(std::time::Duration::from_millis(100));
             (got, from_ack)
         });
-        let batch: String = (0..MESSAGES).map(|n| format!("{}\n", json!({"msgid":6,"toid":idb,"msg":n.to_string()}))).collect();
+        let batch: String =
+            (0..MESSAGES).map(|n| format!("{}\n", json!({"msgid":6,"toid":idb,"msg":n.to_string()}))).collect();
         a.send_raw(batch.as_bytes());
         a.chat_acked(ida, ida, "fence", round);
         assert_eq!(a.recv()["msg"], "fence");

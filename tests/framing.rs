@@ -65,7 +65,9 @@ fn oversize_frame_is_errno_9_and_close() {
 fn garbage_and_deep_nesting_are_errno_4_and_close() {
     let s = TestServer::start();
     let (mut victim, id) = s.user("victim");
-    for bad in [&b"hello world\n"[..], b"{\"msgid\":1,,}\n", b"}\n", b"{\"a\":\"\xff\xfe\"}\n", "[".repeat(65).as_bytes()] {
+    for bad in
+        [&b"hello world\n"[..], b"{\"msgid\":1,,}\n", b"}\n", b"{\"a\":\"\xff\xfe\"}\n", "[".repeat(65).as_bytes()]
+    {
         let mut c = s.client();
         c.send_raw(bad);
         let r = c.recv();

@@ -87,10 +87,13 @@ fn one_to_one_chat_live_offline_and_errors() {
     a.send(json!({"msgid":6,"id":ida,"name":"mallory","toid":idb,"msg":"hi","time":"2026-01-01 10:00:00"}));
     let m = b.recv();
     assert_eq!((m["msgid"].clone(), m["id"].clone(), m["name"].clone()), (json!(6), json!(ida), json!("alice")));
-    assert_eq!((m["toid"].clone(), m["msg"].clone(), m["time"].clone()), (json!(idb), json!("hi"), json!("2026-01-01 10:00:00")));
+    assert_eq!(
+        (m["toid"].clone(), m["msg"].clone(), m["time"].clone()),
+        (json!(idb), json!("hi"), json!("2026-01-01 10:00:00"))
+    );
     assert!(m["ts"].as_u64().unwrap() > 1_700_000_000_000);
     a.expect_silence(QUIET); // no ack without seq
-    // No time given: the server supplies one in the canonical shape.
+                             // No time given: the server supplies one in the canonical shape.
     a.send(json!({"msgid":6,"toid":idb,"msg":"x"}));
     assert_eq!(b.recv()["time"].as_str().unwrap().len(), 19);
     // To oneself.
@@ -115,7 +118,10 @@ fn one_to_one_chat_live_offline_and_errors() {
     let ack = b.login_ok(idb, "pw");
     let offline = decoded(&ack, "offlinemsg");
     assert_eq!(offline.iter().map(|m| m["msg"].clone()).collect::<Vec<_>>(), vec![json!("one"), json!("two")]);
-    assert_eq!((offline[0]["msgid"].clone(), offline[0]["id"].clone(), offline[0]["name"].clone()), (json!(6), json!(ida), json!("alice")));
+    assert_eq!(
+        (offline[0]["msgid"].clone(), offline[0]["id"].clone(), offline[0]["name"].clone()),
+        (json!(6), json!(ida), json!("alice"))
+    );
     b.send(json!({"msgid":3}));
     assert!(b.login_ok(idb, "pw").get("offlinemsg").is_none());
 }
@@ -166,14 +172,25 @@ fn groups_create_join_chat() {
     a.send(json!({"msgid":10,"id":ida,"name":"x","groupid":gid,"msg":"hello","time":"t","seq":"g"}));
     assert_eq!(a.recv(), json!({"msgid":11,"req":10,"seq":"g","errno":0}));
     let m = b.recv();
-    assert_eq!((m["msgid"].clone(), m["id"].clone(), m["name"].clone(), m["groupid"].clone()), (json!(10), json!(ida), json!("alice"), json!(gid)));
+    assert_eq!(
+        (m["msgid"].clone(), m["id"].clone(), m["name"].clone(), m["groupid"].clone()),
+        (json!(10), json!(ida), json!("alice"), json!(gid))
+    );
     a.expect_silence(QUIET);
     // The offline member finds it at login, with the group and its members.
     let ack = c.login_ok(idc, "pw");
     assert_eq!(decoded(&ack, "offlinemsg")[0]["msg"], "hello");
     let groups = decoded(&ack, "groups");
-    assert_eq!((groups[0]["id"].clone(), groups[0]["groupname"].clone(), groups[0]["groupdesc"].clone()), (json!(gid), json!("rust"), json!("fans")));
-    let users: Vec<_> = groups[0]["users"].as_array().unwrap().iter().map(|u| serde_json::from_str::<serde_json::Value>(u.as_str().unwrap()).unwrap()).collect();
+    assert_eq!(
+        (groups[0]["id"].clone(), groups[0]["groupname"].clone(), groups[0]["groupdesc"].clone()),
+        (json!(gid), json!("rust"), json!("fans"))
+    );
+    let users: Vec<_> = groups[0]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| serde_json::from_str::<serde_json::Value>(u.as_str().unwrap()).unwrap())
+        .collect();
     assert_eq!(users[0], json!({"id":ida,"name":"alice","state":"online","role":"creator"}));
     assert_eq!(users[1], json!({"id":idb,"name":"bob","state":"online","role":"normal"}));
     assert_eq!(users[2]["role"], "normal");

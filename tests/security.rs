@@ -42,8 +42,13 @@ fn passwords_are_stored_as_salted_argon2id() {
     c.register("a", "same-password");
     c.register("b", "same-password");
     let db = rusqlite::Connection::open(&s.db).unwrap();
-    let hashes: Vec<String> =
-        db.prepare("SELECT password FROM User ORDER BY id").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let hashes: Vec<String> = db
+        .prepare("SELECT password FROM User ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(hashes.len(), 2);
     assert!(hashes.iter().all(|h| h.starts_with("$argon2id$") && !h.contains("same-password")));
     assert_ne!(hashes[0], hashes[1], "salted");
@@ -81,7 +86,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-const KEYS: &[&str] = &["msgid", "id", "toid", "friendid", "groupid", "name", "password", "msg", "time", "seq", "groupname", "groupdesc"];
+const KEYS: &[&str] =
+    &["msgid", "id", "toid", "friendid", "groupid", "name", "password", "msg", "time", "seq", "groupname", "groupdesc"];
 
 /// Objects shaped like requests: known keys, random values, msgid often valid.
 fn request_like() -> impl Strategy<Value = Value> {

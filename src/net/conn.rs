@@ -21,12 +21,14 @@ pub(super) enum Out {
     Reply(Vec<u8>),
     /// A chat message for `user`, shared with its other recipients; stored offline if unsent.
     Chat(UserId, Arc<str>),
+    /// A login ack: the offline messages it carries go back to the mailbox if it is not sent.
+    LoginAck(UserId, Vec<u8>),
 }
 
 impl Out {
     fn bytes(&self) -> &[u8] {
         match self {
-            Out::Reply(b) => b,
+            Out::Reply(b) | Out::LoginAck(_, b) => b,
             Out::Chat(_, m) => m.as_bytes(),
         }
     }
@@ -102,8 +104,10 @@ impl Conn {
         self.out.push_back(out);
     }
 
-    pub fn queued_bytes(&self) -> usize {
-        self.out_bytes
+    /// Bytes waiting behind the message being written. A single message larger than the cap
+    /// (a login ack with a full mailbox) is still sent; a reader that lets more pile up is not.
+    pub fn backlog_bytes(&self) -> usize {
+        self.out_bytes - self.out.front().map_or(0, |o| o.bytes().len())
     }
 
     pub fn has_output(&self) -> bool {
@@ -156,14 +160,14 @@ impl Conn {
     /// Takes every chat message not yet fully written, and every held one, for the offline store.
     /// A partly written message counts as unsent: the client cannot use half a frame.
     pub fn take_unsent(&mut self) -> Vec<(UserId, Arc<str>)> {
-        let mut unsent: Vec<(UserId, Arc<str>)> = self
-            .out
-            .drain(..)
-            .filter_map(|o| match o {
-                Out::Chat(user, msg) => Some((user, msg)),
-                Out::Reply(_) => None,
-            })
-            .collect();
+        let mut unsent = Vec::new();
+        for out in self.out.drain(..) {
+            match out {
+                Out::Chat(user, msg) => unsent.push((user, msg)),
+                Out::LoginAck(user, bytes) => unsent.extend(offline_of_ack(&bytes).map(|m| (user, m))),
+                Out::Reply(_) => {}
+            }
+        }
         unsent.append(&mut self.held);
         self.out_bytes = 0;
         self.out_front = 0;
@@ -176,4 +180,15 @@ impl Conn {
             self.inbuf = Vec::new();
         }
     }
+}
+
+/// The stored messages inside an encoded login ack (rare path: only when it could not be sent).
+fn offline_of_ack(bytes: &[u8]) -> impl Iterator<Item = Arc<str>> {
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        #[serde(default)]
+        offlinemsg: Vec<String>,
+    }
+    let msgs = serde_json::from_slice::<Ack>(bytes).map_or_else(|_| Vec::new(), |a| a.offlinemsg);
+    msgs.into_iter().map(|m| Arc::from(m + "\n"))
 }

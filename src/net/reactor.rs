@@ -540,7 +540,7 @@ impl Reactor {
         match outcome.effect {
             Effect::None => {}
             Effect::LoggedIn { data, seq } if open => {
-                conn.queue(Out::Reply(reply::login_ok(&data, seq.as_ref())));
+                conn.queue(Out::LoginAck(data.id, reply::login_ok(&data, seq.as_ref())));
                 log::debug!("conn {}.{}: user {} logged in", self.idx, id, data.id);
                 conn.session.user = Some(User { id: data.id, name: data.name });
             }
@@ -639,12 +639,12 @@ impl Reactor {
                 self.close(key, "peer closed");
                 continue;
             }
-            if conn.queued_bytes() > self.max_outbound {
+            if conn.backlog_bytes() > self.max_outbound {
                 log::warn!(
                     "conn {}.{}: reader too slow, {} bytes queued; closing",
                     self.idx,
                     conn.id,
-                    conn.queued_bytes()
+                    conn.backlog_bytes()
                 );
                 self.close(key, "outbound queue over its cap");
             }

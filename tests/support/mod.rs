@@ -166,7 +166,10 @@ impl Client {
         self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         match r {
             Ok(0) => None,
-            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"))),
+            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| {
+                let head: String = line.chars().take(200).collect();
+                panic!("bad line of {} bytes {head:?}…: {e}", line.len())
+            })),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
             Err(e) => panic!("read: {e}"),
         }
@@ -218,7 +221,9 @@ impl Client {
 
 /// Parses the login ack's list of JSON-encoded strings.
 pub fn decoded(ack: &Value, key: &str) -> Vec<Value> {
-    ack[key].as_array().map_or(Vec::new(), |a| a.iter().map(|s| serde_json::from_str(s.as_str().unwrap()).unwrap()).collect())
+    ack[key]
+        .as_array()
+        .map_or(Vec::new(), |a| a.iter().map(|s| serde_json::from_str(s.as_str().unwrap()).unwrap()).collect())
 }
 
 /// Retries `f` until it returns `Some`, for at most `TIMEOUT`.
