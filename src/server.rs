@@ -151,6 +151,7 @@ impl Server {
             }
             // Accept on every wake-up: a listener event, or the end of a back-off.
             backoff = None;
+            let mut warned = false;
             loop {
                 match self.listener.accept() {
                     Ok((stream, _)) => {
@@ -162,16 +163,32 @@ impl Server {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => {
                         // ENFILE / EMFILE: edge-triggered, so the backlog raises no new event.
+                        if !warned {
+                            log::warn!("out of file descriptors: refusing clients until some close");
+                            warned = true;
+                        }
+                        // Linux reports EMFILE before it looks at the queue, so the queue may
+                        // well be empty: only the accept with the spare freed tells.
                         if spare.take().is_some() {
-                            if let Ok((s, peer)) = self.listener.accept() {
-                                log::warn!("out of file descriptors: refused {peer}");
-                                drop(s);
-                            }
+                            // Dropped before the spare is reopened: that needs the descriptor.
+                            let refused = self.listener.accept().map(|(stream, _)| drop(stream));
                             spare = std::fs::File::open("/dev/null").ok();
+                            match refused {
+                                Ok(()) => log::debug!("out of file descriptors: refused a client"),
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(_) => {
+                                    backoff = Some(ACCEPT_BACKOFF);
+                                    break;
+                                }
+                            }
                         } else {
-                            log::warn!("out of file descriptors: accepting again in {ACCEPT_BACKOFF:?}");
-                            backoff = Some(ACCEPT_BACKOFF);
-                            break;
+                            // Descriptors may have been freed since the spare was lost.
+                            spare = std::fs::File::open("/dev/null").ok();
+                            if spare.is_none() {
+                                log::warn!("out of file descriptors: accepting again in {ACCEPT_BACKOFF:?}");
+                                backoff = Some(ACCEPT_BACKOFF);
+                                break;
+                            }
                         }
                     }
                     Err(e) => {
