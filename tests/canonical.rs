@@ -26,6 +26,10 @@ fn canonical_session_end_to_end() {
     send(&mut a, r#"{"friendid":2,"id":1,"msgid":7}"#);
     send(&mut a, r#"{"id":1,"msg":"hello bob","msgid":6,"name":"alice","time":"2026-01-01 10:00:00","toid":2}"#);
     send(&mut a, r#"{"groupdesc":"fans","groupname":"rust","id":1,"msgid":8}"#);
+    // A fence a canonical client can send: a second login is answered (errno 2) only after
+    // everything before it on this connection has taken effect.
+    send(&mut a, r#"{"id":1,"msgid":1,"password":"123456"}"#);
+    assert_eq!(a.recv()["errno"], 2);
     // bob logs in: friend alice (online), the offline message, the group created meanwhile is not his.
     send(&mut b, r#"{"id":2,"msgid":1,"password":"123456"}"#);
     let line = b.recv_line();

@@ -142,8 +142,8 @@ fn friends_are_symmetric_with_states() {
     b.send(json!({"msgid":3,"id":idb}));
     let ack = b.login_ok(idb, "pw");
     assert_eq!(decoded(&ack, "friends"), vec![json!({"id":ida,"name":"alice","state":"online"})]);
-    a.send(json!({"msgid":3,"id":ida}));
-    b.send(json!({"msgid":3,"id":idb}));
+    a.logout();
+    b.logout();
     let ack = b.login_ok(idb, "pw");
     assert_eq!(decoded(&ack, "friends"), vec![json!({"id":ida,"name":"alice","state":"offline"})]);
 }
@@ -168,7 +168,7 @@ fn groups_create_join_chat() {
     assert_eq!(c.request(json!({"msgid":9,"id":idc,"groupid":gid,"seq":3}))["errno"], 3);
     c.login_ok(idc, "pw");
     assert_eq!(c.request(json!({"msgid":9,"id":idc,"groupid":gid,"seq":3}))["errno"], 0);
-    c.send(json!({"msgid":3,"id":idc}));
+    c.logout();
     a.send(json!({"msgid":10,"id":ida,"name":"x","groupid":gid,"msg":"hello","time":"t","seq":"g"}));
     assert_eq!(a.recv(), json!({"msgid":11,"req":10,"seq":"g","errno":0}));
     let m = b.recv();

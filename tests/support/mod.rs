@@ -212,6 +212,11 @@ impl Client {
         r
     }
 
+    /// Logs out and waits until the session has ended.
+    pub fn logout(&mut self) {
+        assert_eq!(self.request(json!({"msgid":3,"seq":"logout"}))["errno"], 0);
+    }
+
     /// Sends a one-to-one chat with a `seq` and waits for its ack.
     pub fn chat_acked(&mut self, me: u32, to: u32, msg: &str, seq: u64) {
         let ack = self.request(json!({"msgid":6,"id":me,"toid":to,"msg":msg,"time":"t","seq":seq}));
