@@ -22,6 +22,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod net;
 mod pool;

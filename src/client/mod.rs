@@ -1,0 +1,290 @@
+//! The command-line client: the canonical client's menu and commands, with acks, line editing
+//! and a script mode.
+//!
+//! Two threads: the caller's thread reads what the user types and sends requests; a reader thread
+//! decodes what the server sends and prints it as it arrives. Login and register answers go
+//! from the reader to the caller over a channel; command outcomes are matched to their `seq`.
+
+pub mod command;
+pub mod view;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::proto::codec::{Decoded, Decoder};
+use crate::service::{format_utc, now_ms};
+use crate::UserId;
+use command::Command;
+pub use view::{Style, View};
+
+/// Where typed lines come from: a terminal with line editing, or a script on stdin.
+pub trait Input {
+    /// The next line, without its newline; `None` at end of input.
+    fn line(&mut self, prompt: &str) -> Option<String>;
+    /// A line typed without echo (passwords).
+    fn secret(&mut self, prompt: &str) -> Option<String>;
+}
+
+/// Where events are printed. Any thread: the reader prints while the user types.
+pub trait Output: Send + Sync {
+    fn print(&self, line: &str);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, io::Error),
+    #[error("connection to the server lost")]
+    Disconnected,
+}
+
+/// How long to wait for a login or register answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// At end of input, how long to wait for the outcomes of commands already sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Login acks carry whole mailboxes: accept large frames from the server.
+const MAX_SERVER_FRAME: usize = 256 << 20;
+
+struct Shared {
+    out: Arc<dyn Output>,
+    view: View,
+    /// Commands sent with a `seq`, waiting for their outcome.
+    pending: Mutex<HashMap<u64, &'static str>>,
+    quitting: AtomicBool,
+}
+
+/// Connects to `addr` and runs the menu until the user quits or input ends. `on_disconnect` runs
+/// on the reader thread if the server goes away while the user is idle at a prompt.
+pub fn run(
+    addr: &str,
+    style: Style,
+    input: &mut dyn Input,
+    out: Arc<dyn Output>,
+    on_disconnect: Box<dyn FnOnce() + Send>,
+) -> Result<(), ClientError> {
+    let stream = TcpStream::connect(addr).map_err(|e| ClientError::Connect(addr.to_owned(), e))?;
+    let _ = stream.set_nodelay(true);
+    let reader = stream.try_clone().map_err(|e| ClientError::Connect(addr.to_owned(), e))?;
+    let shared = Arc::new(Shared {
+        out,
+        view: View { style },
+        pending: Mutex::new(HashMap::new()),
+        quitting: AtomicBool::new(false),
+    });
+    let (tx, replies) = crossbeam_channel::unbounded();
+    let for_reader = shared.clone();
+    std::thread::spawn(move || read_loop(reader, for_reader, tx, on_disconnect));
+    let mut session = Session { stream, shared, replies, next_seq: 1 };
+    let result = session.menu(input);
+    session.shared.quitting.store(true, Ordering::Release);
+    let _ = session.stream.shutdown(Shutdown::Both);
+    result
+}
+
+/// Decodes the server's stream (newline-, NUL- or un-separated, as canonical servers send).
+fn read_loop(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    replies: Sender<Value>,
+    on_disconnect: Box<dyn FnOnce() + Send>,
+) {
+    let mut decoder = Decoder::new(MAX_SERVER_FRAME);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    'read: loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match decoder.decode(&buf) {
+                Ok(Decoded::Frame { start, end }) => {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&buf[start..end]) {
+                        shared.on_message(v, &replies);
+                    }
+                    buf.drain(..end);
+                }
+                Ok(Decoded::Need { discard }) => {
+                    buf.drain(..discard);
+                    break;
+                }
+                Err(_) => break 'read, // the server speaks something else
+            }
+        }
+    }
+    if !shared.quitting.load(Ordering::Acquire) {
+        shared.out.print(&shared.view.event("connection to the server lost", "disconnected"));
+        drop(replies);
+        on_disconnect();
+    }
+}
+
+impl Shared {
+    fn on_message(&self, v: Value, replies: &Sender<Value>) {
+        match v["msgid"].as_u64() {
+            Some(2 | 5) => {
+                let _ = replies.send(v);
+            }
+            Some(6 | 10) => self.out.print(&self.view.message(&v, true)),
+            Some(11) => {
+                let waiting = v["seq"].as_u64().and_then(|seq| self.pending.lock().remove(&seq));
+                match waiting {
+                    Some(what) => self.out.print(&self.view.outcome(&v["seq"].to_string(), what, &v)),
+                    None => self.out.print(&self.view.outcome("-", "request", &v)),
+                }
+            }
+            _ => {} // unknown messages are ignored, as the protocol asks of clients
+        }
+    }
+}
+
+struct Session {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    replies: Receiver<Value>,
+    next_seq: u64,
+}
+
+enum After {
+    Menu,
+    Quit,
+}
+
+impl Session {
+    fn print(&self, line: &str) {
+        self.shared.out.print(line);
+    }
+
+    fn human(&self) -> bool {
+        self.shared.view.style == Style::Human
+    }
+
+    fn send(&mut self, mut request: Value, what: Option<&'static str>) -> Result<(), ClientError> {
+        if let Some(what) = what {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            request["seq"] = seq.into();
+            self.shared.pending.lock().insert(seq, what);
+        }
+        let mut bytes = request.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.stream.write_all(&bytes).map_err(|_| ClientError::Disconnected)
+    }
+
+    /// The answer to a login or register request.
+    fn reply(&self) -> Result<Option<Value>, ClientError> {
+        match self.replies.recv_timeout(REPLY_TIMEOUT) {
+            Ok(v) => Ok(Some(v)),
+            Err(RecvTimeoutError::Timeout) => {
+                self.print(&self.shared.view.event("no answer from the server", "usage\tno answer from the server"));
+                Ok(None)
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Disconnected),
+        }
+    }
+
+    fn menu(&mut self, input: &mut dyn Input) -> Result<(), ClientError> {
+        loop {
+            if self.human() {
+                self.print("========================\n1. login\n2. register\n3. quit\n========================");
+            }
+            let Some(choice) = input.line(if self.human() { "choice: " } else { "" }) else { return Ok(()) };
+            match choice.trim() {
+                "1" | "login" => {
+                    let Some(id) = input.line("userid: ") else { return Ok(()) };
+                    let Ok(id) = id.trim().parse::<UserId>() else {
+                        self.print(&self.shared.view.hint("userid must be a number"));
+                        continue;
+                    };
+                    let Some(password) = input.secret("password: ") else { return Ok(()) };
+                    self.send(json!({"msgid":1,"id":id,"password":password}), None)?;
+                    let Some(ack) = self.reply()? else { continue };
+                    if ack["errno"] != 0 {
+                        self.print(&self.shared.view.failed("login", &ack));
+                        continue;
+                    }
+                    for line in self.shared.view.logged_in(&ack) {
+                        self.print(&line);
+                    }
+                    let name = ack["name"].as_str().unwrap_or_default().to_owned();
+                    if let After::Quit = self.chat(input, id, &name)? {
+                        return Ok(());
+                    }
+                }
+                "2" | "register" => {
+                    let Some(name) = input.line("username: ") else { return Ok(()) };
+                    let Some(password) = input.secret("password: ") else { return Ok(()) };
+                    self.send(json!({"msgid":4,"name":name.trim(),"password":password}), None)?;
+                    match self.reply()? {
+                        Some(ack) if ack["errno"] == 0 => self.print(&self.shared.view.registered(&ack)),
+                        Some(ack) => self.print(&self.shared.view.failed("register", &ack)),
+                        None => {}
+                    }
+                }
+                "3" | "quit" => return Ok(()),
+                "" => {}
+                _ => self.print(&self.shared.view.hint("choose 1 (login), 2 (register) or 3 (quit)")),
+            }
+        }
+    }
+
+    /// The logged-in command loop.
+    fn chat(&mut self, input: &mut dyn Input, me: UserId, name: &str) -> Result<After, ClientError> {
+        let prompt = if self.human() { format!("{name}> ") } else { String::new() };
+        loop {
+            let Some(line) = input.line(&prompt) else {
+                self.wait_for_outcomes();
+                return Ok(After::Quit);
+            };
+            let time = || format_utc(now_ms());
+            let (request, what) = match command::parse(&line) {
+                Err(hint) => {
+                    self.print(&self.shared.view.hint(&hint));
+                    continue;
+                }
+                Ok(Command::Help) => {
+                    for l in command::HELP.lines() {
+                        self.print(&self.shared.view.hint(l));
+                    }
+                    continue;
+                }
+                Ok(Command::Quit) => return Ok(After::Quit),
+                Ok(Command::Loginout) => {
+                    self.send(json!({"msgid":3,"id":me}), Some("loginout"))?;
+                    self.wait_for_outcomes();
+                    self.print(&self.shared.view.event("logged out", "loggedout"));
+                    return Ok(After::Menu);
+                }
+                Ok(Command::Chat { to, msg }) => {
+                    (json!({"msgid":6,"id":me,"name":name,"toid":to,"msg":msg,"time":time()}), "chat")
+                }
+                Ok(Command::AddFriend { id }) => (json!({"msgid":7,"id":me,"friendid":id}), "addfriend"),
+                Ok(Command::CreateGroup { name: g, desc }) => {
+                    (json!({"msgid":8,"id":me,"groupname":g,"groupdesc":desc}), "creategroup")
+                }
+                Ok(Command::AddGroup { id }) => (json!({"msgid":9,"id":me,"groupid":id}), "addgroup"),
+                Ok(Command::GroupChat { id, msg }) => {
+                    (json!({"msgid":10,"id":me,"name":name,"groupid":id,"msg":msg,"time":time()}), "groupchat")
+                }
+            };
+            self.send(request, Some(what))?;
+        }
+    }
+
+    /// Gives commands already sent a moment to report (a server without acks never does).
+    fn wait_for_outcomes(&self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while !self.shared.pending.lock().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
