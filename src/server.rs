@@ -3,7 +3,7 @@
 //!
 //! Shutdown: stop accepting → reactors stop reading and finish the jobs in flight (phase 1) →
 //! reactors end their sessions, flush with a deadline and store what is unsent (phase 2) →
-//! reactor threads joined → pool drained and joined.
+//! reactor threads joined → pool drained and joined → mailbox writes finished and joined.
 
 use std::io;
 use std::net::SocketAddr;
@@ -65,7 +65,7 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let service = Arc::new(Service::new(store, bus, &config).map_err(io::Error::other)?);
+        let service = Arc::new(Service::new(store, bus, &config)?);
         let stop = ShutdownHandle { stop: Arc::new(AtomicBool::new(false)), waker };
         Ok(Server { listener, config, service, poll, stop })
     }
@@ -128,6 +128,7 @@ impl Server {
             }
         }
         pool.shutdown();
+        self.service.shutdown();
         log::info!("shut down");
         Ok(())
     }

@@ -83,3 +83,47 @@ fn login_race_loses_and_doubles_nothing() {
         eprintln!("round {round}: {from_ack} from the ack, {} live", MESSAGES - from_ack);
     }
 }
+
+/// The recipient logs out, or vanishes, while a sender streams to it: what it read live followed
+/// by its mailbox is exactly the stream, in order (invariants 1 and 3 across a session's end).
+#[test]
+fn a_session_ending_mid_stream_keeps_the_order() {
+    const MESSAGES: usize = 1000;
+    let s = TestServer::start_with(|c| c.threads = 3);
+    let (mut a, ida) = s.user("sender");
+    let mut reg = s.client();
+    for round in 0..10u64 {
+        let idb = reg.register(&format!("r{round}"), "pw");
+        let mut b = s.client();
+        b.login_ok(idb, "pw");
+        let batch: String =
+            (0..MESSAGES).map(|n| format!("{}\n", json!({"msgid":6,"toid":idb,"msg":n.to_string()}))).collect();
+        a.send_raw(batch.as_bytes());
+        // Read a little, then leave: by logout on even rounds, by closing the socket on odd ones.
+        let mut got: Vec<usize> = (0..50).map(|_| b.recv()["msg"].as_str().unwrap().parse().unwrap()).collect();
+        if round % 2 == 0 {
+            b.send(json!({"msgid":3,"seq":"bye"}));
+            loop {
+                let m = b.recv();
+                if m["msgid"] == 11 {
+                    break;
+                }
+                got.push(m["msg"].as_str().unwrap().parse().unwrap());
+            }
+        } else {
+            drop(b);
+        }
+        a.chat_acked(ida, ida, "fence", round);
+        assert_eq!(a.recv()["msg"], "fence");
+        let mut again = s.client();
+        let ack = support::eventually(|| Some(again.login(idb, "pw")).filter(|a| a["errno"] == 0));
+        got.extend(decoded(&ack, "offlinemsg").iter().map(|m| m["msg"].as_str().unwrap().parse::<usize>().unwrap()));
+        if round % 2 == 1 {
+            // The socket was dropped unread: what the kernel held for it is gone with it, so
+            // only the order and uniqueness of what remains can be checked.
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "round {round}: out of order");
+        } else {
+            assert_eq!(got, (0..MESSAGES).collect::<Vec<_>>(), "round {round}");
+        }
+    }
+}

@@ -31,7 +31,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn a_slow_reader_is_cut_off_and_loses_nothing() {
     const MESSAGES: usize = 3000;
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::spawn(&dir.path().join("chat.db"), &["--max-outbound", "1048576"]);
+    let server = ServerProcess::spawn(&support::fresh_store(dir.path()), &["--max-outbound", "1048576"]);
     let mut reg = Client::connect(server.addr);
     let ids: Vec<u32> = ["sender", "slow", "c", "d"].iter().map(|n| reg.register(n, "pw")).collect();
     let mut sender = Client::connect(server.addr);
@@ -89,7 +89,7 @@ fn a_slow_reader_is_cut_off_and_loses_nothing() {
 #[test]
 fn a_restart_keeps_users_friends_groups_and_mailboxes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("chat.db");
+    let db = support::fresh_store(dir.path());
     let (ida, idb, gid);
     {
         let mut s = TestServer::start_on(&db, |_| {});
@@ -119,7 +119,7 @@ fn sigterm_with_100_clients_exits_cleanly_and_loses_nothing() {
     const ACKED: usize = 20;
     const IN_FLIGHT: usize = 20;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("chat.db");
+    let db = support::fresh_store(dir.path());
     let mut server = ServerProcess::spawn(&db, &[]);
     let mut reg = Client::connect(server.addr);
     let ids: Vec<(u32, u32)> =

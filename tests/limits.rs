@@ -29,11 +29,10 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn at_the_descriptor_limit_the_acceptor_neither_spins_nor_hangs_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("chat.db");
+    let store = support::fresh_store(dir.path());
     let script = format!(
-        "ulimit -n 64 && exec {} --listen 127.0.0.1:0 --threads 2 --pool-threads 2 --store sqlite:{} --hash-memory-kib 256 --hash-iterations 1",
+        "ulimit -n 64 && exec {} --listen 127.0.0.1:0 --threads 2 --pool-threads 2 --store {store} --hash-memory-kib 256 --hash-iterations 1",
         env!("CARGO_BIN_EXE_chatserver"),
-        db.display()
     );
     let mut child =
         Command::new("sh").args(["-c", &script]).env("RUST_LOG", "error").stdout(Stdio::piped()).spawn().unwrap();
@@ -81,7 +80,7 @@ fn at_the_descriptor_limit_the_acceptor_neither_spins_nor_hangs_clients() {
 fn idle_sessions_cost_little_memory() {
     const SESSIONS: usize = 1000;
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::spawn(&dir.path().join("chat.db"), &[]);
+    let server = ServerProcess::spawn(&support::fresh_store(dir.path()), &[]);
     let mut reg = Client::connect(server.addr);
     let ids: Vec<u32> = (0..SESSIONS).map(|i| reg.register(&format!("idle{i}"), "pw")).collect();
     // Warm up allocator arenas and caches with a first batch, then measure the next.

@@ -227,11 +227,10 @@ fn store_failure_is_errno_10_and_recovers() {
     let (mut a, ida) = s.user("alice");
     let mut b = s.client();
     let idb = b.register("bob", "pw");
-    let db = rusqlite::Connection::open(&s.db).unwrap();
-    db.execute_batch("ALTER TABLE OfflineMessage RENAME TO Broken").unwrap();
+    s.sql_exec("ALTER TABLE OfflineMessage RENAME TO Broken");
     let r = a.request(json!({"msgid":6,"toid":idb,"msg":"x","seq":1}));
     assert_eq!(r, json!({"msgid":11,"req":6,"seq":1,"errno":10,"errmsg":"server unavailable, retry later"}));
-    db.execute_batch("ALTER TABLE Broken RENAME TO OfflineMessage").unwrap();
+    s.sql_exec("ALTER TABLE Broken RENAME TO OfflineMessage");
     a.chat_acked(ida, idb, "back", 2);
     assert_eq!(decoded(&b.login_ok(idb, "pw"), "offlinemsg")[0]["msg"], "back");
 }

@@ -41,14 +41,7 @@ fn passwords_are_stored_as_salted_argon2id() {
     let mut c = s.client();
     c.register("a", "same-password");
     c.register("b", "same-password");
-    let db = rusqlite::Connection::open(&s.db).unwrap();
-    let hashes: Vec<String> = db
-        .prepare("SELECT password FROM User ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let hashes = s.sql_strings("SELECT password FROM User ORDER BY id");
     assert_eq!(hashes.len(), 2);
     assert!(hashes.iter().all(|h| h.starts_with("$argon2id$") && !h.contains("same-password")));
     assert_ne!(hashes[0], hashes[1], "salted");

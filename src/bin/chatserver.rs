@@ -1,13 +1,11 @@
 //! `chatserver`: one chat node. See `chatserver --help`.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use chat::bus::LocalBus;
 use chat::config::HashCost;
-use chat::store::SqliteStore;
 use chat::{Config, Server};
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -24,7 +22,8 @@ struct Args {
     /// Blocking pool threads (default: 2 × cores).
     #[arg(long, env = "CHAT_POOL_THREADS")]
     pool_threads: Option<usize>,
-    /// Where users, friends, groups and offline messages live: `sqlite:PATH`.
+    /// Where users, friends, groups and offline messages live: `sqlite:PATH` or
+    /// `mysql://user:pass@host:port/db` (MySQL or MariaDB; tables are created when missing).
     #[arg(long, env = "CHAT_STORE", default_value = "sqlite:chat.db")]
     store: String,
     /// Largest request frame in bytes.
@@ -75,15 +74,9 @@ fn run(args: Args) -> Result<(), String> {
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         ..defaults
     };
-    let store = match args.store.split_once(':') {
-        Some(("sqlite", path)) => {
-            let path = PathBuf::from(path);
-            SqliteStore::open(&path, config.pool_threads.min(8)).map_err(|e| format!("store {}: {e}", args.store))?
-        }
-        _ => return Err(format!("unsupported --store {:?}: expected sqlite:PATH", args.store)),
-    };
+    let store = chat::store::open(&args.store, config.pool_threads).map_err(|e| format!("--store {e}"))?;
     let listener = TcpListener::bind(&args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let server = Server::new(listener, config, Box::new(store), Box::new(LocalBus)).map_err(|e| e.to_string())?;
+    let server = Server::new(listener, config, store, Box::new(LocalBus)).map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     let handle = server.shutdown_handle();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;

@@ -5,7 +5,7 @@
 //! budget, then one flush per connection with output. Everything here runs on the reactor's
 //! own thread; [`ReactorHandle`] and [`Router`] are the only parts other threads use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::mem;
 use std::net::Shutdown;
@@ -149,6 +149,8 @@ pub(crate) struct Reactor {
     dirty: Vec<usize>,
     /// Connections whose input was cut short by the read budget.
     backlog: Vec<usize>,
+    /// Channel messages set aside while a session ended; handled before the channel.
+    deferred: VecDeque<Msg>,
     phase: Phase,
 }
 
@@ -196,6 +198,7 @@ impl Reactor {
             fx: Effects::default(),
             dirty: Vec::new(),
             backlog: Vec::new(),
+            deferred: VecDeque::new(),
             phase: Phase::Running,
         }
     }
@@ -245,10 +248,14 @@ impl Reactor {
     /// Handles up to one batch of channel messages; `true` if more are waiting.
     fn handle_messages(&mut self) -> bool {
         for _ in 0..MSG_BATCH {
-            match self.rx.try_recv() {
-                Ok(msg) => self.on_message(msg),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return false,
-            }
+            let msg = match self.deferred.pop_front() {
+                Some(msg) => msg,
+                None => match self.rx.try_recv() {
+                    Ok(msg) => msg,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return false,
+                },
+            };
+            self.on_message(msg);
             if self.phase == Phase::Finished {
                 return false;
             }
@@ -420,10 +427,13 @@ impl Reactor {
     }
 
     fn dispatch(&mut self, key: usize, value: Value) {
-        let here = self.loc(key);
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let job = self.service.handle(&mut conn.session, here, value, &mut self.fx);
+        let job = self.service.handle(&mut conn.session, value, &mut self.fx);
+        let ended = self.fx.ended.take();
         self.apply_effects(key);
+        if let Some(user) = ended {
+            self.end_session(key, user, Vec::new());
+        }
         if let Some(job) = job {
             self.submit(key, job);
         }
@@ -441,8 +451,18 @@ impl Reactor {
         for d in fx.deliveries.drain(..) {
             if d.to.reactor == self.idx {
                 self.deliver(d);
-            } else {
-                self.router.deliver(d);
+                continue;
+            }
+            // Sent under the presence read lock, so a session ending meanwhile finds it queued.
+            let (user, to) = (d.user, d.to);
+            let mut pending = Some(d);
+            self.service.presence().with(user, |loc| {
+                if let Some(d) = pending.take_if(|_| loc == to) {
+                    self.router.deliver(d);
+                }
+            });
+            if let Some(d) = pending {
+                self.spill(vec![(d.user, d.msg)]);
             }
         }
         for job in fx.background.drain(..) {
@@ -482,14 +502,27 @@ impl Reactor {
     }
 
     fn spill(&self, unsent: Vec<(UserId, Arc<str>)>) {
-        // One job per user keeps each user's messages in order in one transaction.
-        let mut by_user: HashMap<UserId, Vec<Arc<str>>> = HashMap::new();
-        for (user, msg) in unsent {
-            by_user.entry(user).or_default().push(msg);
-        }
-        for (user, msgs) in by_user {
-            self.submit_background(Job { seq: None, kind: JobKind::Spill { user, msgs } });
-        }
+        spill(&self.service, &self.router, unsent);
+    }
+
+    /// Ends the session of `user` on connection `key` without losing or reordering what was
+    /// sent to it: under the presence write lock, deliveries already queued on this reactor's
+    /// channel for it join `unsent`, and all of it goes to the mailbox lane before the user
+    /// stops being live. A sender that then finds the user offline queues behind it.
+    fn end_session(&mut self, key: usize, user: UserId, mut unsent: Vec<(UserId, Arc<str>)>) {
+        let here = self.loc(key);
+        let (rx, deferred, service, router) = (&self.rx, &mut self.deferred, &self.service, &self.router);
+        let before = || {
+            for msg in rx.try_iter() {
+                match msg {
+                    Msg::Deliver(d) if d.to == here && d.user == user => unsent.push((d.user, d.msg)),
+                    other => deferred.push_back(other),
+                }
+            }
+            spill(service, router, unsent);
+        };
+        service.end_session(user, here, before, &mut self.fx);
+        self.apply_effects(key);
     }
 
     /// A message for a session of this reactor, from this or another thread's handler.
@@ -537,6 +570,7 @@ impl Reactor {
             conn.queue(Out::Reply(bytes));
         }
         let mut unsent = Vec::new();
+        let mut ended = None;
         match outcome.effect {
             Effect::None => {}
             Effect::LoggedIn { data, seq } if open => {
@@ -546,9 +580,10 @@ impl Reactor {
             }
             Effect::LoggedIn { data, .. } => {
                 // The client left while logging in: end the session, keep its mailbox.
-                let here = Loc { reactor: self.idx, token: key, conn: id };
-                self.service.end_session(data.id, here, &mut self.fx);
-                unsent.extend(data.offline.into_iter().map(|m| (data.id, Arc::from(m + "\n"))));
+                let mut mailbox: Vec<(UserId, Arc<str>)> =
+                    data.offline.into_iter().map(|m| (data.id, Arc::from(m + "\n"))).collect();
+                mailbox.append(&mut conn.held);
+                ended = Some((data.id, mailbox));
             }
             Effect::Drained { user, msgs } => {
                 let msgs = msgs.into_iter().map(|m| Arc::<str>::from(m + "\n"));
@@ -568,6 +603,9 @@ impl Reactor {
             }
         }
         let drain = mem::take(&mut conn.drain_wanted).then(|| conn.session.user.as_ref().map(|u| u.id)).flatten();
+        if let Some((user, mailbox)) = ended {
+            self.end_session(key, user, mailbox);
+        }
         if !open {
             self.conns.remove(key);
         }
@@ -586,22 +624,21 @@ impl Reactor {
 
     /// A framing error: answer it, end the session, and linger until the peer closes.
     fn reject_stream(&mut self, key: usize, errno: Errno, errmsg: &str) {
-        let here = self.loc(key);
         let Some(conn) = self.conns.get_mut(key) else { return };
         log::debug!("conn {}.{}: framing error: {errmsg}", self.idx, conn.id);
         conn.queue(Out::Reply(reply::error(None, None, errno, errmsg)));
         conn.state = State::Lingering { discarded: 0 };
         conn.inbuf = Vec::new();
-        if let Some(user) = conn.session.user.take() {
-            self.service.end_session(user.id, here, &mut self.fx);
-        }
+        let user = conn.session.user.take();
         self.dirty.push(key);
         self.apply_effects(key);
+        if let Some(user) = user {
+            self.end_session(key, user.id, Vec::new());
+        }
     }
 
     /// Closes the socket now and ends the session; unsent messages go to the offline store.
     fn close(&mut self, key: usize, why: &str) {
-        let here = self.loc(key);
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.state == State::Closed {
             return;
@@ -611,15 +648,15 @@ impl Reactor {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let _ = conn.stream.shutdown(Shutdown::Both);
         conn.inbuf = Vec::new();
-        if let Some(user) = conn.session.user.take() {
-            self.service.end_session(user.id, here, &mut self.fx);
-        }
+        let user = conn.session.user.take();
         let unsent = conn.take_unsent();
-        if !conn.busy {
+        match user {
+            Some(user) => self.end_session(key, user.id, unsent),
+            None => self.spill(unsent),
+        }
+        if self.conns.get(key).is_some_and(|c| !c.busy) {
             self.conns.remove(key); // else removed when its job returns
         }
-        self.apply_effects(key);
-        self.spill(unsent);
     }
 
     fn flush_dirty(&mut self) {
@@ -659,10 +696,8 @@ impl Reactor {
     fn finish(&mut self, deadline: Instant) {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for &key in &keys {
-            let here = self.loc(key);
             if let Some(user) = self.conns.get_mut(key).and_then(|c| c.session.user.take()) {
-                self.service.end_session(user.id, here, &mut self.fx);
-                self.apply_effects(key);
+                self.end_session(key, user.id, Vec::new());
             }
         }
         let mut events = Events::with_capacity(256);
@@ -684,7 +719,8 @@ impl Reactor {
 
     /// Messages that raced with the exit: store what was meant for sessions.
     fn drain_channel_at_exit(&mut self) {
-        while let Ok(msg) = self.rx.try_recv() {
+        let deferred: Vec<Msg> = self.deferred.drain(..).collect();
+        for msg in deferred.into_iter().chain(self.rx.try_iter().collect::<Vec<_>>()) {
             match msg {
                 Msg::Deliver(d) => self.spill(vec![(d.user, d.msg)]),
                 Msg::JobDone { outcome: Outcome { effect: Effect::LoggedIn { data, .. }, .. }, .. } => {
@@ -697,5 +733,16 @@ impl Reactor {
                 _ => {}
             }
         }
+    }
+}
+
+/// Hands undeliverable messages to the mailbox lanes, grouped by user.
+fn spill(service: &Service, router: &Arc<Router>, unsent: Vec<(UserId, Arc<str>)>) {
+    let mut by_user: HashMap<UserId, Vec<Arc<str>>> = HashMap::new();
+    for (user, msg) in unsent {
+        by_user.entry(user).or_default().push(msg);
+    }
+    for (user, msgs) in by_user {
+        service.spill(user, msgs, router.clone());
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{now_ms, Delivery, Effects, Job, JobKind, Loc, Service, Session};
+use super::{now_ms, Delivery, Effects, Job, JobKind, Service, Session};
 use crate::proto::reply::{self, Chat, Target};
 use crate::proto::request::{parse_body, parse_envelope, Envelope};
 use crate::proto::{Errno, MsgId, Request};
@@ -11,7 +11,7 @@ use crate::proto::{Errno, MsgId, Request};
 impl Service {
     /// Handles one request of the connection at `here`. Replies and deliveries go to `fx`; a
     /// returned job must finish before the connection's next request is handled.
-    pub fn handle(&self, session: &mut Session, here: Loc, frame: Value, fx: &mut Effects) -> Option<Job> {
+    pub fn handle(&self, session: &mut Session, frame: Value, fx: &mut Effects) -> Option<Job> {
         let Envelope { msgid, seq, fields } = match parse_envelope(frame) {
             Ok(env) => env,
             Err(rejection) => {
@@ -70,7 +70,7 @@ impl Service {
             Request::Register { name, password } => JobKind::Register { name, password },
             Request::Logout { .. } => {
                 session.user = None;
-                self.end_session(me.id, here, fx);
+                fx.ended = Some(me.id);
                 return ack(fx);
             }
             Request::OneChat { toid, msg, time, .. } => {

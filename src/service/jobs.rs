@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{stored_form, Delivery, Effect, Job, JobKind, Loc, Outcome, Outlet, Service};
+use super::{Delivery, Effect, Job, JobKind, Loc, Outcome, Outlet, Service};
 use crate::proto::reply::{self, LoginData};
 use crate::proto::{Errno, MsgId};
 use crate::UserId;
@@ -42,7 +42,7 @@ impl JobKind {
             JobKind::CreateGroup { .. } => MsgId::CreateGroup,
             JobKind::AddGroup { .. } => MsgId::AddGroup,
             JobKind::GroupChat { .. } => MsgId::GroupChat,
-            JobKind::Drain { .. } | JobKind::Spill { .. } | JobKind::Offline { .. } => return None,
+            JobKind::Drain { .. } | JobKind::Offline { .. } => return None,
         })
     }
 }
@@ -106,16 +106,12 @@ impl Service {
                             log::warn!("group {groupid}: mailbox of user {member} is full; message not stored");
                         }
                     }
+                    // Members are served one after the other: a sender's group messages reach
+                    // each member in order, as one-to-one messages do.
                     ok(None)
                 }
                 JobKind::Drain { user } => {
                     Outcome { reply: None, effect: Effect::Drained { user, msgs: self.store.take_offline(user)? } }
-                }
-                JobKind::Spill { user, msgs } => {
-                    let stored: Vec<&str> = msgs.iter().map(|m| stored_form(m)).collect();
-                    self.store.store_offline(user, &stored, None)?;
-                    self.poke_if_online(user, outlet);
-                    Outcome::default()
                 }
                 JobKind::Offline { user } => {
                     self.bus.release(user)?;
@@ -181,14 +177,12 @@ impl Service {
 
     /// Delivers `msg` to `user` wherever it is live, else stores it. `false`: mailbox full.
     fn deliver_or_store(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
-        if let Some(to) = self.presence.get(user) {
-            outlet.deliver(Delivery { to, user, msg: msg.clone() });
+        // Sent under the presence read lock: a session ending meanwhile still finds it queued.
+        let delivered = self.presence.with(user, |to| outlet.deliver(Delivery { to, user, msg: msg.clone() }));
+        if delivered.is_some() || self.bus.route(user, msg)? {
             return Ok(true);
         }
-        if self.bus.route(user, msg)? {
-            return Ok(true);
-        }
-        if !self.store.store_offline(user, &[stored_form(msg)], Some(self.mailbox_cap))? {
+        if !self.mailboxes.store(user, msg.clone(), self.mailbox_cap)? {
             return Ok(false);
         }
         self.poke_if_online(user, outlet);

@@ -9,6 +9,7 @@
 mod clock;
 mod handler;
 mod jobs;
+mod mailbox;
 mod password;
 mod presence;
 
@@ -18,6 +19,7 @@ use serde_json::Value;
 
 pub use clock::{format_utc, now_ms};
 pub use password::{HashError, Hasher};
+
 pub use presence::{Loc, Presence};
 
 use crate::bus::Bus;
@@ -30,9 +32,10 @@ use crate::{GroupId, UserId};
 /// Shared by every reactor and pool thread of a node.
 #[derive(Debug)]
 pub struct Service {
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
     bus: Box<dyn Bus>,
-    presence: Presence,
+    presence: Arc<Presence>,
+    mailboxes: mailbox::Mailboxes,
     hasher: Hasher,
     limits: Limits,
     mailbox_cap: usize,
@@ -77,6 +80,8 @@ pub struct Effects {
     pub deliveries: Vec<Delivery>,
     /// Pool work nobody waits for.
     pub background: Vec<Job>,
+    /// The session ended (logout): the reactor ends it for good (`Service::end_session`).
+    pub ended: Option<UserId>,
 }
 
 /// Work for the blocking pool.
@@ -124,11 +129,6 @@ pub enum JobKind {
     Drain {
         user: UserId,
     },
-    /// Store messages that were accepted but could not be written to their session.
-    Spill {
-        user: UserId,
-        msgs: Vec<Arc<str>>,
-    },
     /// A session ended: compatibility state and the bus claim.
     Offline {
         user: UserId,
@@ -164,12 +164,16 @@ pub trait Outlet {
 }
 
 impl Service {
-    pub fn new(store: Box<dyn Store>, bus: Box<dyn Bus>, config: &Config) -> Result<Service, HashError> {
+    pub fn new(store: Box<dyn Store>, bus: Box<dyn Bus>, config: &Config) -> std::io::Result<Service> {
+        let store: Arc<dyn Store> = Arc::from(store);
+        let presence = Arc::new(Presence::default());
+        let lanes = config.pool_threads.div_ceil(2);
         Ok(Service {
+            mailboxes: mailbox::Mailboxes::start(lanes, store.clone(), presence.clone())?,
             store,
             bus,
-            presence: Presence::default(),
-            hasher: Hasher::new(config.hash)?,
+            presence,
+            hasher: Hasher::new(config.hash).map_err(std::io::Error::other)?,
             limits: Limits { max_msg: config.max_msg },
             mailbox_cap: config.mailbox_cap,
         })
@@ -179,11 +183,26 @@ impl Service {
         &self.presence
     }
 
-    /// Ends a live session (logout, close, shutdown): it stops being live at once; the slow part
-    /// goes to the pool.
-    pub fn end_session(&self, user: UserId, here: Loc, fx: &mut Effects) {
-        self.presence.remove_if(user, here);
+    /// Ends a live session (logout, close, shutdown). `before` runs under the presence write
+    /// lock, before the user stops being live: there the reactor hands everything already sent
+    /// to the session to [`Service::spill`], ahead of whatever senders do once it is gone.
+    pub fn end_session(&self, user: UserId, here: Loc, before: impl FnOnce(), fx: &mut Effects) {
+        self.presence.remove_with(user, here, before);
         fx.background.push(Job { seq: None, kind: JobKind::Offline { user } });
+    }
+
+    /// Stores messages that were accepted but could not be written to their session, in order
+    /// with every other write to that mailbox. Any thread; never blocks.
+    pub fn spill(&self, user: UserId, msgs: Vec<Arc<str>>, poke: Arc<dyn Outlet + Send + Sync>) {
+        if !msgs.is_empty() {
+            self.mailboxes.spill(user, msgs, poke);
+        }
+    }
+
+    /// Finishes the queued mailbox writes and joins their threads. Call once nothing else will
+    /// use the service.
+    pub fn shutdown(&self) {
+        self.mailboxes.close();
     }
 }
 

@@ -50,6 +50,25 @@ impl Presence {
         self.shard(user).read().get(&user).copied()
     }
 
+    /// Runs `f` with the user's location under the shard's read lock. What `f` sends to the
+    /// session's reactor is queued there before any `remove_with` of that user can finish.
+    pub fn with<R>(&self, user: UserId, f: impl FnOnce(Loc) -> R) -> Option<R> {
+        let shard = self.shard(user).read();
+        shard.get(&user).map(|&loc| f(loc))
+    }
+
+    /// Removes `user` if still registered at `loc`, running `before` under the write lock first:
+    /// no `with` runs meanwhile, so `before` sees everything ever sent to the session.
+    pub fn remove_with(&self, user: UserId, loc: Loc, before: impl FnOnce()) -> bool {
+        let mut shard = self.shard(user).write();
+        before();
+        if shard.get(&user) == Some(&loc) {
+            shard.remove(&user);
+            return true;
+        }
+        false
+    }
+
     /// Removes `user` only if it is still registered at `loc` (not a newer session).
     pub fn remove_if(&self, user: UserId, loc: Loc) -> bool {
         let mut shard = self.shard(user).write();

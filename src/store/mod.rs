@@ -4,8 +4,10 @@
 //! columns are the canonical ones (`schema.sql`); `User.state` is written for tools that read it
 //! and decides nothing.
 
+mod mysql;
 mod sqlite;
 
+pub use mysql::MysqlStore;
 pub use sqlite::SqliteStore;
 
 use crate::{GroupId, UserId};
@@ -65,4 +67,42 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool>;
     /// Removes and returns a user's mailbox, oldest first, in one transaction.
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>>;
+}
+
+/// Opens the store named by `spec`: `sqlite:PATH` or `mysql://user:pass@host:port/db`.
+pub fn open(spec: &str, conns: usize) -> StoreResult<Box<dyn Store>> {
+    let opened: StoreResult<Box<dyn Store>> = if let Some(path) = spec.strip_prefix("sqlite:") {
+        SqliteStore::open(path, conns).map(|s| Box::new(s) as Box<dyn Store>)
+    } else if spec.starts_with("mysql://") {
+        MysqlStore::open(spec, conns).map(|s| Box::new(s) as Box<dyn Store>)
+    } else {
+        return Err(StoreError(format!(
+            "unsupported store {spec:?}: expected sqlite:PATH or mysql://user:pass@host:port/db"
+        )));
+    };
+    opened.map_err(|e| StoreError(format!("{}: {}", redacted(spec), e.0)))
+}
+
+/// `spec` with any password replaced, for messages and logs.
+pub fn redacted(spec: &str) -> String {
+    match (spec.find("://"), spec.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &spec[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &spec[..scheme + 3], &spec[at..]),
+                None => spec.to_owned(),
+            }
+        }
+        _ => spec.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redacted("mysql://chat:s3cret@db:3306/chat"), "mysql://chat:***@db:3306/chat");
+        assert_eq!(super::redacted("mysql://root@db/chat"), "mysql://root@db/chat");
+        assert_eq!(super::redacted("sqlite:a@b.db"), "sqlite:a@b.db");
+    }
 }

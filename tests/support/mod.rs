@@ -1,16 +1,20 @@
-//! Test support: real servers on port 0 with a private SQLite file, and a raw protocol client.
+//! Test support: real servers on port 0 with a private store, and a raw protocol client.
+//!
+//! The store is a fresh SQLite file, or with `CHAT_TEST_STORE=mysql` a fresh database on a
+//! private MariaDB started for this test process: the same tests run against both.
 #![allow(dead_code)]
+
+pub mod mariadb;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chat::bus::LocalBus;
 use chat::config::HashCost;
-use chat::store::SqliteStore;
 use chat::{Config, Server, ShutdownHandle};
 use serde_json::{json, Value};
 
@@ -22,10 +26,20 @@ pub fn test_config() -> Config {
     Config { threads: 2, pool_threads: 4, hash: TEST_HASH, ..Config::default() }
 }
 
+/// A fresh, empty store, as a `--store` spec: a file in `dir`, or a database on MariaDB.
+pub fn fresh_store(dir: &Path) -> String {
+    match std::env::var("CHAT_TEST_STORE").as_deref() {
+        Ok("mysql") => mariadb::MariaDb::shared().fresh_database(),
+        Ok("sqlite") | Err(_) => format!("sqlite:{}", dir.join("chat.db").display()),
+        Ok(other) => panic!("CHAT_TEST_STORE={other}: expected sqlite or mysql"),
+    }
+}
+
 /// A server running in this process on its own threads; shut down and joined on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub db: PathBuf,
+    /// The `--store` spec, to restart on the same data or to inspect it.
+    pub store: String,
     handle: ShutdownHandle,
     thread: Option<JoinHandle<std::io::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
@@ -38,23 +52,22 @@ impl TestServer {
 
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("chat.db");
-        let mut s = Self::start_on(&db, tweak);
+        let mut s = Self::start_on(&fresh_store(dir.path()), tweak);
         s._dir = Some(dir);
         s
     }
 
-    /// A server on an existing database file (for restarts); the caller keeps the directory.
-    pub fn start_on(db: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    /// A server on an existing store (for restarts); the caller keeps its directory.
+    pub fn start_on(store_spec: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config();
         tweak(&mut config);
-        let store = SqliteStore::open(db, 4).unwrap();
+        let store = chat::store::open(store_spec, 4).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = Server::new(listener, config, Box::new(store), Box::new(LocalBus)).unwrap();
+        let server = Server::new(listener, config, store, Box::new(LocalBus)).unwrap();
         let addr = server.local_addr().unwrap();
         let handle = server.shutdown_handle();
         let thread = Some(std::thread::spawn(move || server.run()));
-        TestServer { addr, db: db.to_owned(), handle, thread, _dir: None }
+        TestServer { addr, store: store_spec.to_owned(), handle, thread, _dir: None }
     }
 
     /// Shuts down gracefully and waits; returns how long it took.
@@ -69,6 +82,26 @@ impl TestServer {
 
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// Runs a statement directly on the server's database, behind its back.
+    pub fn sql_exec(&self, sql: &str) {
+        sql_exec(&self.store, sql);
+    }
+
+    /// The first column of a query on the server's database, as strings.
+    pub fn sql_strings(&self, query: &str) -> Vec<String> {
+        match self.store.strip_prefix("sqlite:") {
+            Some(path) => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                let mut st = db.prepare(query).unwrap();
+                st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+            }
+            None => {
+                use mysql::prelude::Queryable;
+                mysql::Conn::new(mysql::Opts::from_url(&self.store).unwrap()).unwrap().query(query).unwrap()
+            }
+        }
     }
 
     /// A registered, logged-in user: (client, id).
@@ -88,6 +121,16 @@ impl Drop for TestServer {
     }
 }
 
+pub fn sql_exec(store: &str, sql: &str) {
+    match store.strip_prefix("sqlite:") {
+        Some(path) => rusqlite::Connection::open(path).unwrap().execute_batch(sql).unwrap(),
+        None => {
+            use mysql::prelude::Queryable;
+            mysql::Conn::new(mysql::Opts::from_url(store).unwrap()).unwrap().query_drop(sql).unwrap()
+        }
+    }
+}
+
 /// The `chatserver` binary as a child process; killed on drop.
 pub struct ServerProcess {
     pub child: Child,
@@ -95,11 +138,10 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    pub fn spawn(db: &Path, extra: &[&str]) -> ServerProcess {
+    pub fn spawn(store: &str, extra: &[&str]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatserver"))
             .args(["--listen", "127.0.0.1:0", "--threads", "2", "--hash-memory-kib", "256", "--hash-iterations", "1"])
-            .arg("--store")
-            .arg(format!("sqlite:{}", db.display()))
+            .args(["--store", store])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -1,0 +1,104 @@
+//! Ordered offline storage. Every write to a user's mailbox goes through one lane (a thread and
+//! a FIFO queue) chosen by the user id, so writes to one mailbox happen in the order they were
+//! handed over, whichever thread handed them over. Together with ending sessions under the
+//! presence write lock (see `Presence::remove_with`), this keeps each sender's messages in order
+//! when a recipient goes offline mid-stream.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, unbounded, Sender};
+use parking_lot::Mutex;
+
+use super::{stored_form, Outlet, Presence};
+use crate::store::{Store, StoreError, StoreResult};
+use crate::UserId;
+
+/// Where a lane reports: a waiting caller, or (for spills) nobody but the log.
+type Reply = Option<Sender<StoreResult<bool>>>;
+
+struct Write {
+    user: UserId,
+    msgs: Vec<Arc<str>>,
+    cap: Option<usize>,
+    reply: Reply,
+    /// Spills poke a session that came online meanwhile; waiting callers do that themselves.
+    poke: Option<Arc<dyn Outlet + Send + Sync>>,
+}
+
+pub(crate) struct Mailboxes {
+    lanes: Mutex<Vec<Sender<Write>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Mailboxes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailboxes").field("lanes", &self.lanes.lock().len()).finish()
+    }
+}
+
+impl Mailboxes {
+    pub(crate) fn start(lanes: usize, store: Arc<dyn Store>, presence: Arc<Presence>) -> std::io::Result<Mailboxes> {
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..lanes.max(1) {
+            let (tx, rx) = unbounded::<Write>();
+            let (store, presence) = (store.clone(), presence.clone());
+            threads.push(std::thread::Builder::new().name(format!("mailbox-{i}")).spawn(move || {
+                for w in rx {
+                    let stored: Vec<&str> = w.msgs.iter().map(|m| stored_form(m)).collect();
+                    let result = store.store_offline(w.user, &stored, w.cap);
+                    if let (Ok(true), Some(outlet)) = (&result, &w.poke) {
+                        if let Some(loc) = presence.get(w.user) {
+                            outlet.drain(loc, w.user);
+                        }
+                    }
+                    match (w.reply, result) {
+                        (Some(reply), result) => drop(reply.send(result)),
+                        (None, Err(e)) => {
+                            log::error!("user {}: {} undeliverable messages lost: {e}", w.user, w.msgs.len())
+                        }
+                        (None, Ok(_)) => {}
+                    }
+                }
+            })?);
+            senders.push(tx);
+        }
+        Ok(Mailboxes { lanes: Mutex::new(senders), threads: Mutex::new(threads) })
+    }
+
+    fn send(&self, w: Write) {
+        let lanes = self.lanes.lock();
+        match lanes.get(w.user as usize % lanes.len().max(1)) {
+            Some(lane) => {
+                if let Err(e) = lane.send(w) {
+                    log::error!("user {}: mailbox lane gone; {} messages lost", e.0.user, e.0.msgs.len());
+                }
+            }
+            None => log::error!("user {}: mailboxes closed; {} messages lost", w.user, w.msgs.len()),
+        }
+    }
+
+    /// Queues messages that were accepted but could not be written to their session. Any thread;
+    /// never blocks.
+    pub(crate) fn spill(&self, user: UserId, msgs: Vec<Arc<str>>, poke: Arc<dyn Outlet + Send + Sync>) {
+        self.send(Write { user, msgs, cap: None, reply: None, poke: Some(poke) });
+    }
+
+    /// Stores one message and waits for the outcome; `false`: the mailbox is full.
+    pub(crate) fn store(&self, user: UserId, msg: Arc<str>, cap: usize) -> StoreResult<bool> {
+        let (tx, rx) = bounded(1);
+        self.send(Write { user, msgs: vec![msg], cap: Some(cap), reply: Some(tx), poke: None });
+        rx.recv().unwrap_or_else(|_| Err(StoreError("mailboxes closed".into())))
+    }
+
+    /// Finishes every queued write, then joins the lanes.
+    pub(crate) fn close(&self) {
+        self.lanes.lock().clear();
+        for t in self.threads.lock().drain(..) {
+            if t.join().is_err() {
+                log::error!("a mailbox lane panicked");
+            }
+        }
+    }
+}
