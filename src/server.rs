@@ -15,11 +15,12 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{SockRef, TcpKeepalive};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Inbox};
 use crate::config::Config;
 use crate::net::{Msg, Reactor, Router};
 use crate::pool::Pool;
-use crate::service::Service;
+use crate::service::Outlet as _;
+use crate::service::{Delivery, Service};
 use crate::store::Store;
 
 const LISTENER: Token = Token(0);
@@ -104,6 +105,7 @@ impl Server {
             );
             joins.push(std::thread::Builder::new().name(format!("reactor-{i}")).spawn(move || reactor.run())?);
         }
+        self.service.bus().start(self.inbox(&router))?;
         log::info!("serving on {} with {threads} reactors", self.local_addr()?);
 
         self.accept_loop(&router)?;
@@ -127,10 +129,36 @@ impl Server {
                 log::error!("a reactor thread panicked");
             }
         }
+        self.service.bus().shutdown();
         pool.shutdown();
         self.service.shutdown();
         log::info!("shut down");
         Ok(())
+    }
+
+    /// What the bus calls with messages from other nodes: deliver to the live session (under
+    /// the presence read lock, as every remote delivery), or store in order if it has gone.
+    fn inbox(&self, router: &Arc<Router>) -> Inbox {
+        let (service, router) = (self.service.clone(), router.clone());
+        let users = self.service.clone();
+        let (evicting, evict_router) = (self.service.clone(), router.clone());
+        Inbox {
+            deliver: Box::new(move |user, msg| {
+                let mut pending = Some(msg);
+                service.presence().with(user, |to| {
+                    if let Some(msg) = pending.take() {
+                        router.deliver(Delivery { to, user, msg });
+                    }
+                });
+                if let Some(msg) = pending {
+                    service.spill(user, vec![msg], router.clone());
+                }
+            }),
+            local_users: Box::new(move || users.presence().users()),
+            evict: Box::new(move |user| {
+                evicting.presence().with(user, |to| evict_router.send(to.reactor, Msg::Evict { to }));
+            }),
+        }
     }
 
     fn accept_loop(&mut self, router: &Router) -> io::Result<()> {

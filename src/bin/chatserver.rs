@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chat::bus::LocalBus;
+use chat::bus::{Bus, LocalBus, RedisBus};
 use chat::config::HashCost;
 use chat::{Config, Server};
 use clap::Parser;
@@ -26,6 +26,12 @@ struct Args {
     /// `mysql://user:pass@host:port/db` (MySQL or MariaDB; tables are created when missing).
     #[arg(long, env = "CHAT_STORE", default_value = "sqlite:chat.db")]
     store: String,
+    /// How nodes reach each other: `local` (a single node) or `redis://host:port`.
+    #[arg(long, env = "CHAT_BUS", default_value = "local")]
+    bus: String,
+    /// This node's id on the bus (default: random).
+    #[arg(long, env = "CHAT_NODE_ID")]
+    node_id: Option<String>,
     /// Largest request frame in bytes.
     #[arg(long, env = "CHAT_MAX_FRAME", default_value_t = 64 * 1024)]
     max_frame: usize,
@@ -75,8 +81,18 @@ fn run(args: Args) -> Result<(), String> {
         ..defaults
     };
     let store = chat::store::open(&args.store, config.pool_threads).map_err(|e| format!("--store {e}"))?;
+    let bus: Box<dyn Bus> = match args.bus.as_str() {
+        "local" => Box::new(LocalBus),
+        url if url.starts_with("redis://") => {
+            let node = args.node_id.unwrap_or_else(random_node_id);
+            let bus = RedisBus::connect(url, &node).map_err(|e| format!("--bus {e}"))?;
+            log::info!("node {node} on bus {url}");
+            Box::new(bus)
+        }
+        other => return Err(format!("unsupported --bus {other:?}: expected local or redis://host:port")),
+    };
     let listener = TcpListener::bind(&args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let server = Server::new(listener, config, store, Box::new(LocalBus)).map_err(|e| e.to_string())?;
+    let server = Server::new(listener, config, store, bus).map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     let handle = server.shutdown_handle();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
@@ -89,4 +105,13 @@ fn run(args: Args) -> Result<(), String> {
     // Scripts and tests read the bound address from this line (useful with port 0).
     println!("listening on {addr}");
     server.run().map_err(|e| e.to_string())
+}
+
+fn random_node_id() -> String {
+    let mut bytes = [0u8; 6];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No entropy source: the process id and the clock still tell nodes apart.
+        return format!("{}-{}", std::process::id(), chat::service::now_ms());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,7 +4,23 @@
 //! decides everything and the bus answers "nobody elsewhere". A cluster bus (Redis) implements the
 //! same calls; they block, so they run on the pool.
 
+use std::sync::Arc;
+
 use crate::UserId;
+
+mod redis;
+
+pub use self::redis::RedisBus;
+
+/// How a bus hands messages from other nodes to this one.
+pub struct Inbox {
+    /// A message (newline included) for a user who should be live on this node.
+    pub deliver: Box<dyn Fn(UserId, Arc<str>) + Send + Sync>,
+    /// The users live on this node, to claim again after the bus was lost.
+    pub local_users: Box<dyn Fn() -> Vec<UserId> + Send + Sync>,
+    /// Ends a user's session here: another node holds its presence.
+    pub evict: Box<dyn Fn(UserId) + Send + Sync>,
+}
 
 /// The bus could not answer; the request gets errno 10.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +36,12 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError>;
     /// Whether `user` is online on another node (for friend and member states).
     fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError>;
+    /// Starts receiving messages for this node's users.
+    fn start(&self, _inbox: Inbox) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Stops receiving; joins what `start` started.
+    fn shutdown(&self) {}
 }
 
 /// The in-process bus of a single node.

@@ -52,6 +52,10 @@ pub(crate) enum Msg {
         conn: u64,
         outcome: Outcome,
     },
+    /// Close the connection at `to`: its user is live on another node.
+    Evict {
+        to: Loc,
+    },
     /// Shutdown, phase 1: read no more; report once no job is in flight.
     Quiesce,
     /// Shutdown, phase 2: end sessions, flush until `deadline`, store what is unsent, exit.
@@ -269,6 +273,11 @@ impl Reactor {
             Msg::Deliver(d) => self.deliver(d),
             Msg::Drain { to, user } => self.on_drain(to, user),
             Msg::JobDone { token, conn, outcome } => self.on_job_done(token, conn, outcome),
+            Msg::Evict { to } => {
+                if self.conns.get(to.token).is_some_and(|c| c.id == to.conn) {
+                    self.close(to.token, "the user is live on another node");
+                }
+            }
             Msg::Quiesce => {
                 if self.phase == Phase::Running {
                     self.phase = Phase::Quiescing { reported: false };

@@ -183,6 +183,10 @@ impl Service {
         &self.presence
     }
 
+    pub fn bus(&self) -> &dyn Bus {
+        &*self.bus
+    }
+
     /// Ends a live session (logout, close, shutdown). `before` runs under the presence write
     /// lock, before the user stops being live: there the reactor hands everything already sent
     /// to the session to [`Service::spill`], ahead of whatever senders do once it is gone.

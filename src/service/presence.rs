@@ -79,6 +79,11 @@ impl Presence {
         false
     }
 
+    /// Every user live on this node.
+    pub fn users(&self) -> Vec<UserId> {
+        self.shards.iter().flat_map(|s| s.read().keys().copied().collect::<Vec<_>>()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
     }

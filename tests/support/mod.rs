@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod mariadb;
+pub mod nginx;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

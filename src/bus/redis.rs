@@ -1,0 +1,237 @@
+//! The cluster bus: presence and cross-node delivery through Redis.
+//!
+//! - Each node subscribes, for its whole life, to its own channel `node:{id}`.
+//! - Presence is the key `online:{user}` = node id. Login claims it with SET NX; a key whose
+//!   node's channel has no subscriber (`PUBSUB NUMSUB`) belongs to a dead node and is taken over
+//!   atomically. Logout deletes it only if it is still this node's.
+//! - Routing is one round trip: a script reads the owner, publishes to its channel and returns
+//!   the receiver count; no owner or no receiver means "store offline" (a stale key is dropped).
+//!
+//! Calls block and run on the pool; a dedicated subscriber thread hands what arrives to the node
+//! through [`Inbox`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::{Client, Connection, Script};
+
+use super::{Bus, BusError, Inbox};
+use crate::UserId;
+
+/// Connect, read and write timeout: a dead Redis turns into errno 10, not a hang.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between reconnection attempts of the subscriber.
+const RETRY: Duration = Duration::from_millis(200);
+
+const CLAIM: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if not owner or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return '' end
+return owner";
+const TAKE_OVER: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1 end
+return 0";
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+const ROUTE: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if not owner then return 0 end
+local n = redis.call('PUBLISH', 'node:' .. owner, ARGV[1])
+if n == 0 and redis.call('GET', KEYS[1]) == owner then redis.call('DEL', KEYS[1]) end
+return n";
+
+impl From<redis::RedisError> for BusError {
+    fn from(e: redis::RedisError) -> Self {
+        BusError(e.to_string())
+    }
+}
+
+fn presence_key(user: UserId) -> String {
+    format!("online:{user}")
+}
+
+pub struct RedisBus {
+    client: Client,
+    node: String,
+    /// Idle command connections, reused across pool threads.
+    idle: Mutex<Vec<Connection>>,
+    scripts: [Script; 4],
+    stop: Arc<AtomicBool>,
+    subscriber: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus").field("node", &self.node).finish()
+    }
+}
+
+fn connect(client: &Client) -> Result<Connection, BusError> {
+    let con = client.get_connection_with_timeout(TIMEOUT)?;
+    con.set_read_timeout(Some(TIMEOUT))?;
+    con.set_write_timeout(Some(TIMEOUT))?;
+    Ok(con)
+}
+
+impl RedisBus {
+    /// Connects to `url` (`redis://host:port`) as node `node`; fails at once if Redis cannot be
+    /// reached, so a node never starts half-wired.
+    pub fn connect(url: &str, node: &str) -> Result<RedisBus, BusError> {
+        let client = Client::open(url).map_err(|e| BusError(format!("{url}: {e}")))?;
+        let mut con = connect(&client).map_err(|e| BusError(format!("{url}: {}", e.0)))?;
+        redis::cmd("PING").query::<String>(&mut con).map_err(|e| BusError(format!("{url}: {e}")))?;
+        Ok(RedisBus {
+            client,
+            node: node.to_owned(),
+            idle: Mutex::new(vec![con]),
+            scripts: [Script::new(CLAIM), Script::new(TAKE_OVER), Script::new(RELEASE), Script::new(ROUTE)],
+            stop: Arc::new(AtomicBool::new(false)),
+            subscriber: Mutex::new(None),
+        })
+    }
+
+    /// Runs `f` on a pooled connection. A pooled connection may have died with a Redis restart:
+    /// if it fails at the I/O level it is dropped and `f` tried once more on a fresh one.
+    fn with<T>(&self, mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>) -> Result<T, BusError> {
+        let pooled = self.idle.lock().pop();
+        let (mut con, fresh) = match pooled {
+            Some(con) => (con, false),
+            None => (connect(&self.client)?, true),
+        };
+        let mut result = f(&mut con);
+        if !fresh && matches!(&result, Err(e) if e.is_io_error() || e.is_connection_dropped()) {
+            con = connect(&self.client)?;
+            result = f(&mut con);
+        }
+        if result.is_ok() {
+            self.idle.lock().push(con);
+        }
+        Ok(result?)
+    }
+
+    fn subscribers(&self, node: &str) -> Result<i64, BusError> {
+        let (_, n): (String, i64) =
+            self.with(|c| redis::cmd("PUBSUB").arg("NUMSUB").arg(format!("node:{node}")).query(c))?;
+        Ok(n)
+    }
+}
+
+impl Bus for RedisBus {
+    fn claim(&self, user: UserId) -> Result<bool, BusError> {
+        let key = presence_key(user);
+        let owner: String = self.with(|c| self.scripts[0].key(&key).arg(&self.node).invoke(c))?;
+        if owner.is_empty() {
+            return Ok(true);
+        }
+        // Held by another node: it is live only if that node still listens.
+        if self.subscribers(&owner)? > 0 {
+            return Ok(false);
+        }
+        log::info!("user {user}: taking over from dead node {owner}");
+        let taken: i64 = self.with(|c| self.scripts[1].key(&key).arg(&self.node).arg(&owner).invoke(c))?;
+        Ok(taken == 1)
+    }
+
+    fn release(&self, user: UserId) -> Result<(), BusError> {
+        self.with(|c| self.scripts[2].key(presence_key(user)).arg(&self.node).invoke::<i64>(c))?;
+        Ok(())
+    }
+
+    fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError> {
+        let payload = format!("{user} {msg}");
+        let receivers: i64 = self.with(|c| self.scripts[3].key(presence_key(user)).arg(&payload).invoke(c))?;
+        Ok(receivers > 0)
+    }
+
+    fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError> {
+        let owner: Option<String> = self.with(|c| redis::cmd("GET").arg(presence_key(user)).query(c))?;
+        Ok(owner.is_some_and(|o| o != self.node))
+    }
+
+    /// Returns once this node's channel is subscribed: before that, other nodes would take
+    /// this node for dead (`NUMSUB` 0) and take its users over.
+    fn start(&self, inbox: Inbox) -> std::io::Result<()> {
+        let (client, node, stop) = (self.client.clone(), self.node.clone(), self.stop.clone());
+        let (ready_tx, ready) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new().name("bus-subscriber".into()).spawn(move || {
+            let mut first = true;
+            while !stop.load(Ordering::Acquire) {
+                if let Err(e) = subscribe(&client, &node, &inbox, &stop, first, &ready_tx) {
+                    if first {
+                        let _ = ready_tx.try_send(Err(e.0.clone()));
+                    }
+                    log::error!("redis bus: {e}; reconnecting");
+                    std::thread::sleep(RETRY);
+                }
+                first = false;
+            }
+        })?;
+        *self.subscriber.lock() = Some(thread);
+        match ready.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(std::io::Error::other(format!("redis bus: cannot subscribe: {e}"))),
+            Err(_) => Err(std::io::Error::other("redis bus: no subscription after 10 s")),
+        }
+    }
+
+    fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.subscriber.lock().take() {
+            if t.join().is_err() {
+                log::error!("the bus subscriber panicked");
+            }
+        }
+    }
+}
+
+/// One subscription, until it fails or the node stops. After a reconnection the node's live
+/// sessions claim their keys again (they may have been dropped as stale meanwhile); a session
+/// whose key another node took while Redis was away is closed here: that node's is the live one.
+fn subscribe(
+    client: &Client,
+    node: &str,
+    inbox: &Inbox,
+    stop: &AtomicBool,
+    first: bool,
+    ready: &crossbeam_channel::Sender<Result<(), String>>,
+) -> Result<(), BusError> {
+    let mut con = connect(client)?;
+    let mut pubsub = con.as_pubsub();
+    pubsub.subscribe(format!("node:{node}"))?;
+    let _ = ready.try_send(Ok(()));
+    // Short reads so a stopping node notices.
+    pubsub.set_read_timeout(Some(Duration::from_millis(250)))?;
+    if !first {
+        let mut cmd_con = connect(client)?;
+        for user in (inbox.local_users)() {
+            let claimed: Option<String> =
+                Script::new(CLAIM).key(presence_key(user)).arg(node).invoke(&mut cmd_con).ok();
+            if claimed.is_some_and(|owner| !owner.is_empty()) {
+                log::warn!("user {user}: claimed by another node while Redis was away; closing the session here");
+                (inbox.evict)(user);
+            }
+        }
+        log::info!("redis bus: subscribed again as node {node}");
+    }
+    while !stop.load(Ordering::Acquire) {
+        let msg = match pubsub.get_message() {
+            Ok(msg) => msg,
+            Err(e) if e.is_timeout() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let payload: Vec<u8> = msg.get_payload()?;
+        let text = String::from_utf8_lossy(&payload);
+        match text.split_once(' ').and_then(|(u, m)| Some((u.parse::<UserId>().ok()?, m))) {
+            Some((user, m)) => (inbox.deliver)(user, Arc::from(m)),
+            None => log::warn!("redis bus: malformed message on node:{node}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Several nodes as one service: real MariaDB, Redis and nginx, started privately.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::mariadb::MariaDb;
+use support::nginx::Nginx;
+use support::redis::RedisServer;
+use support::{decoded, eventually, Client, ServerProcess};
+
+/// Fields drop in order: the nodes stop before their Redis goes away.
+struct Cluster {
+    nodes: Vec<ServerProcess>,
+    names: Vec<String>,
+    redis: RedisServer,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let redis = RedisServer::start();
+        let store = MariaDb::shared().fresh_database();
+        let names: Vec<String> = (0..n).map(|i| format!("{}-n{i}", redis.port)).collect();
+        let nodes = names
+            .iter()
+            .map(|name| ServerProcess::spawn(&store, &["--bus", &redis.url(), "--node-id", name]))
+            .collect();
+        Cluster { nodes, names, redis }
+    }
+
+    fn addr(&self, node: usize) -> SocketAddr {
+        self.nodes[node].addr
+    }
+
+    /// A registered user logged in on `node`.
+    fn user(&self, node: usize, name: &str) -> (Client, u32) {
+        let mut c = Client::connect(self.addr(node));
+        let id = c.register(name, "pw");
+        c.login_ok(id, "pw");
+        (c, id)
+    }
+}
+
+#[test]
+fn cross_node_chat_groups_offline_and_order() {
+    let cluster = Cluster::start(3);
+    let (mut a, ida) = cluster.user(0, "alice");
+    let (mut b, idb) = cluster.user(1, "bob");
+    let (mut c, idc) = cluster.user(2, "carol");
+    a.chat_acked(ida, idb, "hi bob", 1);
+    let m = b.recv();
+    assert_eq!((m["msg"].clone(), m["id"].clone(), m["name"].clone()), (json!("hi bob"), json!(ida), json!("alice")));
+    // A group with members on three nodes.
+    let gid = a.request(json!({"msgid":8,"groupname":"everywhere","seq":2}))["groupid"].clone();
+    assert_eq!(b.request(json!({"msgid":9,"groupid":gid,"seq":1}))["errno"], 0);
+    assert_eq!(c.request(json!({"msgid":9,"groupid":gid,"seq":1}))["errno"], 0);
+    c.send(json!({"msgid":10,"groupid":gid,"msg":"to all","seq":2}));
+    assert_eq!(c.recv()["errno"], 0);
+    assert_eq!(a.recv()["msg"], "to all");
+    assert_eq!(b.recv()["msg"], "to all");
+    // Friend states come from the other nodes too.
+    assert_eq!(a.request(json!({"msgid":7,"friendid":idc,"seq":3}))["errno"], 0);
+    a.logout();
+    let ack = a.login_ok(ida, "pw");
+    assert_eq!(decoded(&ack, "friends"), vec![json!({"id":idc,"name":"carol","state":"online"})]);
+    // Stored by node 0, drained by node 1.
+    c.logout();
+    a.chat_acked(ida, idc, "stored by node 0", 4);
+    let mut c1 = Client::connect(cluster.addr(1));
+    let ack = c1.login_ok(idc, "pw");
+    assert_eq!(
+        decoded(&ack, "offlinemsg").iter().map(|m| m["msg"].clone()).collect::<Vec<_>>(),
+        vec![json!("stored by node 0")]
+    );
+    // Per-sender order across nodes.
+    let batch: String = (0..300).map(|n| format!("{}\n", json!({"msgid":6,"toid":idb,"msg":n.to_string()}))).collect();
+    a.send_raw(batch.as_bytes());
+    let got: Vec<String> = (0..300).map(|_| b.recv()["msg"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(got, (0..300).map(|n| n.to_string()).collect::<Vec<_>>());
+}
+
+#[test]
+fn duplicate_login_on_two_nodes_exactly_one_wins() {
+    let cluster = Cluster::start(2);
+    let mut reg = Client::connect(cluster.addr(0));
+    for round in 0..50 {
+        let id = reg.register(&format!("u{round}"), "pw");
+        let barrier = Arc::new(Barrier::new(2));
+        let attempts: Vec<_> = (0..2)
+            .map(|node| {
+                let (addr, barrier) = (cluster.addr(node), barrier.clone());
+                thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    barrier.wait();
+                    let errno = c.login(id, "pw")["errno"].as_u64().unwrap();
+                    (errno, c)
+                })
+            })
+            .collect();
+        // Both sessions stay open until both answers are in: a winner that left early would
+        // rightly let the other login through.
+        let results: Vec<(u64, Client)> = attempts.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut errnos: Vec<u64> = results.iter().map(|r| r.0).collect();
+        errnos.sort();
+        assert_eq!(errnos, vec![0, 2], "round {round}");
+    }
+}
+
+#[test]
+fn a_killed_node_frees_its_users_and_loses_nothing() {
+    let mut cluster = Cluster::start(2);
+    let (mut a, ida) = cluster.user(0, "alice");
+    let (_b, idb) = cluster.user(1, "bob");
+    cluster.nodes[1].child.kill().unwrap(); // SIGKILL: no goodbye to Redis
+    let killed = Instant::now();
+    cluster.nodes[1].child.wait().unwrap();
+    // Sent after the crash: node 1 is gone, so it is stored.
+    a.chat_acked(ida, idb, "after the crash", 1);
+    let mut again = Client::connect(cluster.addr(0));
+    let ack = eventually(|| Some(again.login(idb, "pw")).filter(|r| r["errno"] == 0));
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(1), "bob could log in again only after {took:?}");
+    let offline: Vec<_> = decoded(&ack, "offlinemsg").iter().map(|m| m["msg"].clone()).collect();
+    assert_eq!(offline, vec![json!("after the crash")]);
+    // Live again, on the surviving node.
+    a.chat_acked(ida, idb, "live", 2);
+    assert_eq!(again.recv()["msg"], "live");
+}
+
+#[test]
+fn through_nginx_and_with_a_node_stopped() {
+    let mut cluster = Cluster::start(2);
+    let nginx = Nginx::start(&[cluster.addr(0), cluster.addr(1)]);
+    let mut a = Client::connect(nginx.addr);
+    let ida = a.register("alice", "pw");
+    a.login_ok(ida, "pw");
+    let mut b = Client::connect(nginx.addr);
+    let idb = b.register("bob", "pw");
+    b.login_ok(idb, "pw");
+    a.chat_acked(ida, idb, "via nginx", 1);
+    assert_eq!(b.recv()["msg"], "via nginx");
+    // Node 0 stops; new clients are served by node 1.
+    cluster.nodes[0].signal("TERM");
+    assert!(cluster.nodes[0].child.wait().unwrap().success());
+    for i in 0..6 {
+        let mut c = Client::connect(nginx.addr);
+        let id = c.register(&format!("late{i}"), "pw");
+        c.login_ok(id, "pw");
+    }
+}
+
+#[test]
+fn a_redis_restart_is_survived() {
+    let mut cluster = Cluster::start(2);
+    let (mut a, ida) = cluster.user(0, "alice");
+    let (mut b, idb) = cluster.user(1, "bob");
+    cluster.redis.restart(); // empty: every presence key is gone
+                             // The nodes reconnect and claim their users again.
+    let key = format!("online:{idb}");
+    eventually(|| (cluster.redis.cli(&["GET", &key]) == cluster.names[1]).then_some(()));
+    eventually(|| (cluster.redis.cli(&["GET", &format!("online:{ida}")]) == cluster.names[0]).then_some(()));
+    assert_eq!(Client::connect(cluster.addr(0)).login(idb, "pw")["errno"], 2, "bob is live on node 1");
+    // Cross-node chat works again (the first attempts may meet a reconnecting pool: errno 10).
+    let mut seq = 0;
+    eventually(|| {
+        seq += 1;
+        (a.request(json!({"msgid":6,"toid":idb,"msg":"after restart","seq":seq}))["errno"] == 0).then_some(())
+    });
+    assert_eq!(b.recv()["msg"], "after restart");
+    b.expect_silence(Duration::from_millis(300));
+}
