@@ -142,6 +142,7 @@ impl Server {
         let (service, router) = (self.service.clone(), router.clone());
         let users = self.service.clone();
         let (evicting, evict_router) = (self.service.clone(), router.clone());
+        let (draining, drain_router) = (self.service.clone(), router.clone());
         Inbox {
             deliver: Box::new(move |user, msg| {
                 let mut pending = Some(msg);
@@ -157,6 +158,9 @@ impl Server {
             local_users: Box::new(move || users.presence().users()),
             evict: Box::new(move |user| {
                 evicting.presence().with(user, |to| evict_router.send(to.reactor, Msg::Evict { to }));
+            }),
+            drain: Box::new(move |user| {
+                draining.presence().with(user, |to| drain_router.drain(to, user));
             }),
         }
     }

@@ -20,6 +20,8 @@ pub struct Inbox {
     pub local_users: Box<dyn Fn() -> Vec<UserId> + Send + Sync>,
     /// Ends a user's session here: another node holds its presence.
     pub evict: Box<dyn Fn(UserId) + Send + Sync>,
+    /// Has a live user fetch its mailbox (messages may have been stored while the bus was away).
+    pub drain: Box<dyn Fn(UserId) + Send + Sync>,
 }
 
 /// The bus could not answer; the request gets errno 10.

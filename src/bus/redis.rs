@@ -213,9 +213,13 @@ fn subscribe(
         for user in (inbox.local_users)() {
             let claimed: Option<String> =
                 Script::new(CLAIM).key(presence_key(user)).arg(node).invoke(&mut cmd_con).ok();
-            if claimed.is_some_and(|owner| !owner.is_empty()) {
-                log::warn!("user {user}: claimed by another node while Redis was away; closing the session here");
-                (inbox.evict)(user);
+            match claimed.as_deref() {
+                Some("") => (inbox.drain)(user),
+                Some(_) => {
+                    log::warn!("user {user}: claimed by another node while Redis was away; closing the session here");
+                    (inbox.evict)(user);
+                }
+                None => log::warn!("user {user}: presence not claimed again"),
             }
         }
         log::info!("redis bus: subscribed again as node {node}");

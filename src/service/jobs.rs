@@ -74,10 +74,14 @@ impl Service {
                     }
                 }
                 JobKind::Chat { toid, msg } => {
+                    // A user live anywhere exists: the database is asked only when storing.
+                    if self.deliver_live(toid, &msg, outlet)? {
+                        return Ok(ok(None));
+                    }
                     if !self.store.user_exists(toid)? {
                         return Ok(error(Errno::NoSuchUser, Errno::NoSuchUser.message()));
                     }
-                    match self.deliver_or_store(toid, &msg, outlet)? {
+                    match self.store_offline(toid, &msg, outlet)? {
                         true => ok(None),
                         false => error(Errno::MailboxFull, Errno::MailboxFull.message()),
                     }
@@ -102,7 +106,7 @@ impl Service {
                         return Ok(error(Errno::NotMember, Errno::NotMember.message()));
                     }
                     for member in members.into_iter().filter(|&m| m != me) {
-                        if !self.deliver_or_store(member, &msg, outlet)? {
+                        if !(self.deliver_live(member, &msg, outlet)? || self.store_offline(member, &msg, outlet)?) {
                             log::warn!("group {groupid}: mailbox of user {member} is full; message not stored");
                         }
                     }
@@ -175,13 +179,15 @@ impl Service {
         self.presence.get(user).is_some() || self.bus.online_elsewhere(user).unwrap_or(false)
     }
 
-    /// Delivers `msg` to `user` wherever it is live, else stores it. `false`: mailbox full.
-    fn deliver_or_store(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
+    /// Delivers `msg` to `user` if it is live on this node or another; `false`: it is not.
+    fn deliver_live(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
         // Sent under the presence read lock: a session ending meanwhile still finds it queued.
         let delivered = self.presence.with(user, |to| outlet.deliver(Delivery { to, user, msg: msg.clone() }));
-        if delivered.is_some() || self.bus.route(user, msg)? {
-            return Ok(true);
-        }
+        Ok(delivered.is_some() || self.bus.route(user, msg)?)
+    }
+
+    /// Stores `msg` in `user`'s mailbox, in order with every other write to it. `false`: full.
+    fn store_offline(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
         if !self.mailboxes.store(user, msg.clone(), self.mailbox_cap)? {
             return Ok(false);
         }

@@ -14,8 +14,11 @@ use mysql::prelude::Queryable;
 pub struct MariaDb {
     pub port: u16,
     pub dir: PathBuf,
-    /// Outlives this process's use of the database on purpose: it does the cleaning up.
-    _watchdog: std::process::Child,
+    /// Starts the server under a watchdog that stops it (and, once this test process is gone,
+    /// deletes its files) when this process ends.
+    script: String,
+    /// The watchdogs outlive this process's use of the database on purpose: they clean up.
+    watchdogs: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
 pub fn free_port() -> u16 {
@@ -41,7 +44,8 @@ impl MariaDb {
         DB.get_or_init(MariaDb::start)
     }
 
-    fn start() -> MariaDb {
+    /// A private instance, for tests that stop and restart it.
+    pub fn start() -> MariaDb {
         let dir = tempfile::Builder::new().prefix("chat-mariadb-").tempdir().unwrap().keep();
         let data = dir.join("data");
         let install = Command::new(which(&["mariadb-install-db", "mysql_install_db"]))
@@ -61,16 +65,22 @@ impl MariaDb {
             data = data.display(),
             dir = dir.display()
         );
-        // The watchdog: when this test process is gone, stop the server and delete its files.
         let script = format!(
             "{server} {args} & db=$!; while kill -0 {me} 2>/dev/null && kill -0 $db 2>/dev/null; do sleep 0.3; done; \
-             kill $db 2>/dev/null; wait $db; rm -rf {dir}",
+             kill $db 2>/dev/null; wait $db; kill -0 {me} 2>/dev/null || rm -rf {dir}",
             me = std::process::id(),
             dir = dir.display()
         );
+        let db = MariaDb { port, dir, script, watchdogs: std::sync::Mutex::new(Vec::new()) };
+        db.launch();
+        db
+    }
+
+    fn launch(&self) {
         let watchdog =
-            Command::new("sh").args(["-c", &script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let db = MariaDb { port, dir, _watchdog: watchdog };
+            Command::new("sh").args(["-c", &self.script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        self.watchdogs.lock().unwrap().push(watchdog);
+        let (db, port) = (self, self.port);
         let t = Instant::now();
         while db.root().is_err() {
             if t.elapsed() > Duration::from_secs(30) {
@@ -79,7 +89,19 @@ impl MariaDb {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        db
+    }
+
+    /// Stops the server (as an outage would); its data stays for `restart`.
+    pub fn stop(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).unwrap();
+        Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&self) {
+        self.launch();
     }
 
     fn root(&self) -> mysql::Result<mysql::Conn> {
