@@ -21,6 +21,7 @@
 #![deny(rust_2018_idioms)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bench;
 pub mod bus;
 pub mod client;
 pub mod config;

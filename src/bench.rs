@@ -1,0 +1,186 @@
+//! The load generator behind `chatbench`: registers users, logs them in over real TCP, and
+//! drives chat traffic between pairs.
+//!
+//! Users `2k` and `2k+1` form pair `k`; user `i` connects to `ports[i % ports.len()]`, so with
+//! two ports every pair spans two nodes. Message bodies carry the send time, so receivers
+//! measure one-way latency on the same clock.
+//! - `pingpong`: one message in flight per pair; the receiver answers, the sender sends again.
+//! - `flood`: each sender keeps up to `window` messages in flight (acked with `seq`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    PingPong,
+    Flood { window: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub addrs: Vec<String>,
+    pub pairs: usize,
+    pub messages: usize,
+    pub scenario: Scenario,
+    pub size: usize,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub delivered: u64,
+    pub seconds: f64,
+    /// One-way latency, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Report {
+    pub fn rate(&self) -> f64 {
+        self.delivered as f64 / self.seconds
+    }
+}
+
+struct Conn {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(addr: &str) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn { reader: BufReader::new(s.try_clone()?), writer: s })
+    }
+
+    fn send(&mut self, v: &Value) -> std::io::Result<()> {
+        self.writer.write_all(format!("{v}\n").as_bytes())
+    }
+
+    fn recv(&mut self) -> std::io::Result<Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        serde_json::from_str(&line).map_err(std::io::Error::other)
+    }
+
+    fn request(&mut self, v: &Value) -> std::io::Result<Value> {
+        self.send(v)?;
+        self.recv()
+    }
+}
+
+fn err(msg: String) -> std::io::Error {
+    std::io::Error::other(msg)
+}
+
+/// Registers and logs in `2 × pairs` users; returns (connection, id) per user.
+fn setup(plan: &Plan) -> std::io::Result<Vec<(Conn, u32)>> {
+    let run = crate::service::now_ms();
+    let mut users = Vec::new();
+    for i in 0..plan.pairs * 2 {
+        let mut c = Conn::open(&plan.addrs[i % plan.addrs.len()])?;
+        let name = format!("b{run}-{i}");
+        let r = c.request(&json!({"msgid":4,"name":name,"password":"bench"}))?;
+        let id = r["id"].as_u64().ok_or_else(|| err(format!("register: {r}")))? as u32;
+        let r = c.request(&json!({"msgid":1,"id":id,"password":"bench"}))?;
+        if r["errno"] != 0 {
+            return Err(err(format!("login: {r}")));
+        }
+        users.push((c, id));
+    }
+    Ok(users)
+}
+
+fn body(start: Instant, pad: &str) -> String {
+    format!("{} {pad}", start.elapsed().as_micros())
+}
+
+fn latency_of(start: Instant, msg: &Value) -> Option<u64> {
+    let sent: u64 = msg["msg"].as_str()?.split(' ').next()?.parse().ok()?;
+    Some((start.elapsed().as_micros() as u64).saturating_sub(sent))
+}
+
+/// Runs the plan; every thread reports its histogram, merged at the end.
+pub fn run(plan: &Plan) -> std::io::Result<Report> {
+    let users = setup(plan)?;
+    let pad = "x".repeat(plan.size);
+    let barrier = Arc::new(Barrier::new(plan.pairs * 2 + 1));
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    let mut users = users.into_iter();
+    while let (Some((mut a, ida)), Some((mut b, idb))) = (users.next(), users.next()) {
+        let (plan, pad, barrier) = (plan.clone(), pad.clone(), barrier.clone());
+        let (b_barrier, b_plan, b_pad) = (barrier.clone(), plan.clone(), pad.clone());
+        // Receiver: counts, measures, and in pingpong answers.
+        threads.push(thread::spawn(move || -> std::io::Result<Histogram<u64>> {
+            let mut h = Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))?;
+            b_barrier.wait();
+            let mut got = 0;
+            while got < b_plan.messages {
+                let m = b.recv()?;
+                if m["msgid"] != 6 {
+                    continue;
+                }
+                got += 1;
+                if let Some(us) = latency_of(start, &m) {
+                    // `record` grows the histogram as needed (`saturating_record` would clamp).
+                    h.record(us).map_err(|e| err(e.to_string()))?;
+                }
+                if b_plan.scenario == Scenario::PingPong {
+                    b.send(&json!({"msgid":6,"toid":ida,"msg":body(start, &b_pad)}))?;
+                }
+            }
+            Ok(h)
+        }));
+        // Sender.
+        threads.push(thread::spawn(move || -> std::io::Result<Histogram<u64>> {
+            let h = Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))?;
+            barrier.wait();
+            match plan.scenario {
+                Scenario::PingPong => {
+                    for _ in 0..plan.messages {
+                        a.send(&json!({"msgid":6,"toid":idb,"msg":body(start, &pad)}))?;
+                        while a.recv()?["msgid"] != 6 {}
+                    }
+                }
+                Scenario::Flood { window } => {
+                    let (mut sent, mut acked) = (0, 0);
+                    while acked < plan.messages {
+                        while sent < plan.messages && sent - acked < window {
+                            a.send(&json!({"msgid":6,"toid":idb,"msg":body(start, &pad),"seq":sent}))?;
+                            sent += 1;
+                        }
+                        let r = a.recv()?;
+                        if r["msgid"] == 11 {
+                            if r["errno"] != 0 {
+                                return Err(err(format!("send failed: {r}")));
+                            }
+                            acked += 1;
+                        }
+                    }
+                }
+            }
+            Ok(h)
+        }));
+    }
+    barrier.wait();
+    let t0 = Instant::now();
+    let mut latency = Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))?;
+    for t in threads {
+        let h = t.join().map_err(|_| err("a bench thread panicked".into()))??;
+        latency.add(&h).map_err(|e| err(e.to_string()))?;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let per_pair = match plan.scenario {
+        Scenario::PingPong => 2 * plan.messages,
+        Scenario::Flood { .. } => plan.messages,
+    };
+    Ok(Report { delivered: (plan.pairs * per_pair) as u64, seconds, latency })
+}
