@@ -7,5 +7,7 @@
 
 mod conn;
 mod reactor;
+mod router;
 
-pub(crate) use reactor::{Msg, Reactor, Router};
+pub(crate) use reactor::Reactor;
+pub(crate) use router::{Msg, Router};

@@ -3,10 +3,10 @@
 //! Per loop iteration: socket events (read → frame → handle; writable → mark for flush), then a
 //! bounded batch of channel messages, then connections whose input was cut short by the read
 //! budget, then one flush per connection with output. Everything here runs on the reactor's
-//! own thread; [`ReactorHandle`] and [`Router`] are the only parts other threads use.
+//! own thread; other threads reach it through `router.rs`.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::mem;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,18 +16,19 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use serde_json::Value;
 use slab::Slab;
 
+mod input;
+
 use super::conn::{Conn, Out, State};
+use super::router::{Msg, ReactorHandle, Router};
 use crate::config::Config;
 use crate::pool::PoolHandle;
-use crate::proto::codec::{Decoded, FrameError};
 use crate::proto::{reply, Errno};
 use crate::service::{Delivery, Effect, Effects, Job, JobKind, Loc, Outcome, Outlet, Service, User};
 use crate::UserId;
 
-const WAKER: Token = Token(usize::MAX);
+pub(super) const WAKER: Token = Token(usize::MAX);
 /// Bytes one connection may read per loop iteration before others get their turn.
 const READ_BUDGET: usize = 256 * 1024;
 const SCRATCH: usize = 64 * 1024;
@@ -35,94 +36,6 @@ const SCRATCH: usize = 64 * 1024;
 const MSG_BATCH: usize = 1024;
 /// Input a lingering connection may still send before it is simply closed.
 const LINGER_LIMIT: usize = 1024 * 1024;
-
-/// What other threads ask of a reactor.
-#[derive(Debug)]
-pub(crate) enum Msg {
-    /// A socket from the acceptor, to register with this reactor's `Poll`.
-    NewConn(TcpStream),
-    Deliver(Delivery),
-    /// Fetch the mailbox of the session at `to` (messages were stored while it logged in).
-    Drain {
-        to: Loc,
-        user: UserId,
-    },
-    JobDone {
-        token: usize,
-        conn: u64,
-        outcome: Outcome,
-    },
-    /// Close the connection at `to`: its user is live on another node.
-    Evict {
-        to: Loc,
-    },
-    /// Shutdown, phase 1: read no more; report once no job is in flight.
-    Quiesce,
-    /// Shutdown, phase 2: end sessions, flush until `deadline`, store what is unsent, exit.
-    Finish {
-        deadline: Instant,
-    },
-}
-
-/// Sends to one reactor. Any thread.
-#[derive(Debug, Clone)]
-pub(crate) struct ReactorHandle {
-    tx: Sender<Msg>,
-    waker: Arc<Waker>,
-    /// Set when a wake-up is pending, so a busy reactor is woken once, not per message.
-    notified: Arc<AtomicBool>,
-}
-
-impl ReactorHandle {
-    pub(crate) fn send(&self, msg: Msg) {
-        if self.tx.send(msg).is_err() {
-            return; // the reactor has exited: shutdown is past the point of delivering
-        }
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.waker.wake() {
-                log::error!("reactor wake-up failed: {e}");
-            }
-        }
-    }
-}
-
-/// Every reactor of the node, by index. Any thread.
-#[derive(Debug)]
-pub(crate) struct Router {
-    reactors: Vec<ReactorHandle>,
-}
-
-impl Router {
-    pub(crate) fn new(reactors: Vec<ReactorHandle>) -> Router {
-        Router { reactors }
-    }
-
-    pub(crate) fn send(&self, reactor: usize, msg: Msg) {
-        if let Some(h) = self.reactors.get(reactor) {
-            h.send(msg);
-        }
-    }
-
-    pub(crate) fn broadcast(&self, msg: impl Fn() -> Msg) {
-        for h in &self.reactors {
-            h.send(msg());
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.reactors.len()
-    }
-}
-
-impl Outlet for Router {
-    fn deliver(&self, d: Delivery) {
-        self.send(d.to.reactor, Msg::Deliver(d));
-    }
-
-    fn drain(&self, to: Loc, user: UserId) {
-        self.send(to.reactor, Msg::Drain { to, user });
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -172,7 +85,7 @@ impl Reactor {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let notified = Arc::new(AtomicBool::new(false));
-        Ok((ReactorSeed { poll, rx, notified: notified.clone() }, ReactorHandle { tx, waker, notified }))
+        Ok((ReactorSeed { poll, rx, notified: notified.clone() }, ReactorHandle::new(tx, waker, notified)))
     }
 
     pub(crate) fn new(
@@ -307,145 +220,6 @@ impl Reactor {
         entry.insert(Conn::new(stream, self.next_conn_id, self.max_frame));
         // Edge-triggered: bytes that came before registration raise no event; look now.
         self.pump(key);
-    }
-
-    /// Handles buffered requests, then reads more while the connection may proceed.
-    fn pump(&mut self, key: usize) {
-        let mut budget = READ_BUDGET;
-        loop {
-            let Some(conn) = self.conns.get(key) else { return };
-            if conn.busy || conn.state == State::Closed {
-                return;
-            }
-            if conn.is_open() && !conn.inbuf.is_empty() && !self.process_inbuf(key) {
-                return;
-            }
-            let shutting_down = self.phase != Phase::Running;
-            let Some(conn) = self.conns.get_mut(key) else { return };
-            if !conn.readable || conn.eof || shutting_down {
-                return; // when shutting down, requests already received are done, no new ones read
-            }
-            if budget == 0 {
-                self.backlog.push(key);
-                return;
-            }
-            let mut scratch = mem::take(&mut self.scratch);
-            let go_on = match conn.stream.read(&mut scratch) {
-                Ok(0) if conn.is_open() => {
-                    // Half-close: answer what was asked, then close (see `flush_dirty`).
-                    conn.eof = true;
-                    self.dirty.push(key);
-                    false
-                }
-                Ok(0) => {
-                    self.close(key, "peer closed");
-                    false
-                }
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    self.on_input(key, &scratch[..n]);
-                    true
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.readable = false;
-                    false
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
-                Err(e) => {
-                    self.close(key, &e.to_string());
-                    false
-                }
-            };
-            self.scratch = scratch;
-            if !go_on {
-                return;
-            }
-        }
-    }
-
-    /// New bytes from the socket. Parsed in place when nothing is pending, so an idle connection
-    /// holds no input buffer; only an incomplete tail (or input behind a job) is copied.
-    fn on_input(&mut self, key: usize, data: &[u8]) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        if let State::Lingering { discarded } = &mut conn.state {
-            *discarded += data.len();
-            if *discarded > LINGER_LIMIT {
-                self.close(key, "lingering peer kept sending");
-            }
-            return;
-        }
-        if conn.inbuf.is_empty() {
-            let used = self.process(key, data);
-            if let Some(conn) = self.conns.get_mut(key) {
-                if conn.is_open() {
-                    conn.inbuf.extend_from_slice(&data[used..]);
-                }
-            }
-        } else {
-            conn.inbuf.extend_from_slice(data);
-            self.process_inbuf(key);
-        }
-    }
-
-    /// Processes `inbuf`; `true` if the connection may read more.
-    fn process_inbuf(&mut self, key: usize) -> bool {
-        let Some(conn) = self.conns.get_mut(key) else { return false };
-        let pending = mem::take(&mut conn.inbuf);
-        let used = self.process(key, &pending);
-        let Some(conn) = self.conns.get_mut(key) else { return false };
-        if conn.is_open() {
-            conn.inbuf = pending;
-            conn.inbuf.drain(..used);
-            conn.compact_input();
-        }
-        conn.is_open() && !conn.busy
-    }
-
-    /// Frames and handles requests from `data` until it runs out or a job holds the connection.
-    /// Returns how many bytes were used.
-    fn process(&mut self, key: usize, data: &[u8]) -> usize {
-        let mut used = 0;
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else { return data.len() };
-            if !conn.is_open() {
-                return data.len();
-            }
-            if conn.busy {
-                return used;
-            }
-            match conn.decoder.decode(&data[used..]) {
-                Ok(Decoded::Frame { start, end }) => {
-                    let frame = &data[used + start..used + end];
-                    used += end;
-                    match serde_json::from_slice::<Value>(frame) {
-                        Ok(value) => self.dispatch(key, value),
-                        Err(_) => {
-                            self.reject_stream(key, Errno::BadRequest, "bad request: not JSON");
-                            return data.len();
-                        }
-                    }
-                }
-                Ok(Decoded::Need { discard }) => return used + discard,
-                Err(e) => {
-                    let errno = if e == FrameError::TooLarge { Errno::TooLarge } else { Errno::BadRequest };
-                    self.reject_stream(key, errno, &e.to_string());
-                    return data.len();
-                }
-            }
-        }
-    }
-
-    fn dispatch(&mut self, key: usize, value: Value) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let job = self.service.handle(&mut conn.session, value, &mut self.fx);
-        let ended = self.fx.ended.take();
-        self.apply_effects(key);
-        if let Some(user) = ended {
-            self.end_session(key, user, Vec::new());
-        }
-        if let Some(job) = job {
-            self.submit(key, job);
-        }
     }
 
     /// Carries out what a handler decided: replies, deliveries, background work.
