@@ -19,12 +19,6 @@ fn a_vanished_client_can_log_in_again_at_once() {
     eventually(|| (again.login(id, "pw")["errno"] == 0).then_some(()));
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A reader that never reads is cut at the outbound cap; what it did not get is in its mailbox;
 /// the server's memory does not follow the flood; others chat on.
 #[test]
@@ -38,7 +32,7 @@ fn a_slow_reader_is_cut_off_and_loses_nothing() {
     sender.login_ok(ids[0], "pw");
     let mut slow = Client::connect(server.addr);
     slow.login_ok(ids[1], "pw");
-    let baseline = rss_kib(server.child.id());
+    let baseline = support::rss_kib(server.child.id());
     let body = "x".repeat(8000);
     let mut writer = sender.stream.try_clone().unwrap();
     let flood = thread::spawn(move || {
@@ -53,7 +47,7 @@ fn a_slow_reader_is_cut_off_and_loses_nothing() {
         assert_eq!(sender.recv()["seq"], n);
     }
     flood.join().unwrap();
-    let grown = rss_kib(server.child.id()).saturating_sub(baseline);
+    let grown = support::rss_kib(server.child.id()).saturating_sub(baseline);
     // Others are unaffected.
     let mut c = Client::connect(server.addr);
     c.login_ok(ids[2], "pw");

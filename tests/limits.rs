@@ -18,12 +18,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Over the open-file limit, waiting clients are closed cleanly, the acceptor does not spin, and
 /// the server serves again once descriptors are free.
 #[test]
@@ -93,10 +87,10 @@ fn idle_sessions_cost_little_memory() {
         c
     };
     clients.extend(ids[..100].iter().map(|&id| login(id)));
-    let before = rss_kib(server.child.id());
+    let before = support::rss_kib(server.child.id());
     clients.extend(ids[100..].iter().map(|&id| login(id)));
     std::thread::sleep(Duration::from_millis(200));
-    let per_session = (rss_kib(server.child.id()).saturating_sub(before)) * 1024 / (SESSIONS as u64 - 100);
+    let per_session = (support::rss_kib(server.child.id()).saturating_sub(before)) * 1024 / (SESSIONS as u64 - 100);
     eprintln!("idle sessions: {per_session} bytes of server RSS each");
     assert!(per_session < 8 * 1024, "{per_session} bytes per idle session");
 }
