@@ -29,6 +29,9 @@ pub struct Inbox {
 #[error("bus unavailable: {0}")]
 pub struct BusError(pub String);
 
+/// Called with the outcome of [`Bus::route_async`], on whatever thread has it.
+pub type RouteDone = Box<dyn FnOnce(Result<bool, BusError>) + Send>;
+
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Claims cluster-wide presence for `user`, logging in on this node. `false`: live elsewhere.
     fn claim(&self, user: UserId) -> Result<bool, BusError>;
@@ -36,6 +39,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn release(&self, user: UserId) -> Result<(), BusError>;
     /// Delivers an encoded message to `user` on another node. `false`: not online elsewhere.
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError>;
+    /// Like `route`, without blocking the caller: many messages can share one round trip.
+    /// Messages handed over one after the other are routed in that order.
+    fn route_async(&self, user: UserId, msg: Arc<str>, done: RouteDone) {
+        done(self.route(user, &msg));
+    }
     /// Whether `user` is online on another node (for friend and member states).
     fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError>;
     /// Starts receiving messages for this node's users.

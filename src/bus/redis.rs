@@ -18,7 +18,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Script};
 
-use super::{Bus, BusError, Inbox};
+use super::{Bus, BusError, Inbox, RouteDone};
 use crate::UserId;
 
 /// Connect, read and write timeout: a dead Redis turns into errno 10, not a hang.
@@ -65,6 +65,71 @@ pub struct RedisBus {
     scripts: [Script; 4],
     stop: Arc<AtomicBool>,
     subscriber: Mutex<Option<JoinHandle<()>>>,
+    /// Routes queued for the publisher thread, which pipelines them.
+    publisher: Mutex<Option<(crossbeam_channel::Sender<Route>, JoinHandle<()>)>>,
+}
+
+/// One message for the publisher.
+struct Route {
+    user: UserId,
+    msg: Arc<str>,
+    done: RouteDone,
+}
+
+/// Most routes sent in one pipeline.
+const MAX_BATCH: usize = 512;
+
+/// The publisher: takes every route queued so far and sends them as one pipeline, so the cost
+/// of a round trip is shared by all messages in flight on the node. FIFO, one connection: routes
+/// leave in the order they were handed over.
+fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>) {
+    let script = Script::new(ROUTE);
+    let mut con: Option<Connection> = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> Result<Vec<i64>, BusError> {
+            let c = match con.as_mut() {
+                Some(c) => c,
+                None => {
+                    // Loaded once per connection: a Redis that restarted forgot it, and a
+                    // restart always means a new connection.
+                    let mut c = connect(&client)?;
+                    redis::cmd("SCRIPT").arg("LOAD").arg(ROUTE).query::<String>(&mut c)?;
+                    con.insert(c)
+                }
+            };
+            let mut pipe = redis::pipe();
+            for r in &batch {
+                let payload = format!("{} {}", r.user, r.msg);
+                pipe.cmd("EVALSHA").arg(script.get_hash()).arg(1).arg(presence_key(r.user)).arg(payload);
+            }
+            Ok(pipe.query(c)?)
+        })();
+        match result {
+            Ok(receivers) if receivers.len() == batch.len() => {
+                for (r, n) in batch.into_iter().zip(receivers) {
+                    (r.done)(Ok(n > 0));
+                }
+            }
+            other => {
+                con = None; // reconnect for the next batch
+                let e = match other {
+                    Err(e) => e,
+                    Ok(_) => BusError("short pipeline reply".into()),
+                };
+                log::error!("redis bus: {} routes failed: {e}", batch.len());
+                for r in batch {
+                    (r.done)(Err(BusError(e.0.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -94,6 +159,7 @@ impl RedisBus {
             scripts: [Script::new(CLAIM), Script::new(TAKE_OVER), Script::new(RELEASE), Script::new(ROUTE)],
             stop: Arc::new(AtomicBool::new(false)),
             subscriber: Mutex::new(None),
+            publisher: Mutex::new(None),
         })
     }
 
@@ -150,6 +216,21 @@ impl Bus for RedisBus {
         Ok(receivers > 0)
     }
 
+    fn route_async(&self, user: UserId, msg: Arc<str>, done: RouteDone) {
+        let publisher = self.publisher.lock();
+        match publisher.as_ref() {
+            Some((tx, _)) => {
+                if let Err(e) = tx.send(Route { user, msg, done }) {
+                    (e.0.done)(Err(BusError("the publisher has stopped".into())));
+                }
+            }
+            None => {
+                drop(publisher);
+                done(self.route(user, &msg)); // not started: route in place
+            }
+        }
+    }
+
     fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError> {
         let owner: Option<String> = self.with(|c| redis::cmd("GET").arg(presence_key(user)).query(c))?;
         Ok(owner.is_some_and(|o| o != self.node))
@@ -174,6 +255,11 @@ impl Bus for RedisBus {
             }
         })?;
         *self.subscriber.lock() = Some(thread);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let client = self.client.clone();
+        let publisher =
+            std::thread::Builder::new().name("bus-publisher".into()).spawn(move || publish_loop(client, rx))?;
+        *self.publisher.lock() = Some((tx, publisher));
         match ready.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(std::io::Error::other(format!("redis bus: cannot subscribe: {e}"))),
@@ -182,6 +268,12 @@ impl Bus for RedisBus {
     }
 
     fn shutdown(&self) {
+        if let Some((tx, thread)) = self.publisher.lock().take() {
+            drop(tx); // the publisher finishes what is queued, then ends
+            if thread.join().is_err() {
+                log::error!("the bus publisher panicked");
+            }
+        }
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.subscriber.lock().take() {
             if t.join().is_err() {

@@ -74,8 +74,12 @@ impl Service {
                     }
                 }
                 JobKind::Chat { toid, msg } => {
-                    // A user live anywhere exists: the database is asked only when storing.
-                    if self.deliver_live(toid, &msg, outlet)? {
+                    // The bus has said the user is live on no other node (see `Service::chat`);
+                    // it may have logged in here meanwhile. A live user exists: the database
+                    // is asked only when storing.
+                    let delivered =
+                        self.presence.with(toid, |to| outlet.deliver(Delivery { to, user: toid, msg: msg.clone() }));
+                    if delivered.is_some() {
                         return Ok(ok(None));
                     }
                     if !self.store.user_exists(toid)? {

@@ -203,6 +203,37 @@ impl Service {
         }
     }
 
+    /// Starts a one-to-one chat whose recipient is not live on this node: first the bus, without
+    /// holding a pool thread, then, if the recipient is live nowhere else, `after_bus` (which
+    /// runs the job on the pool). `finish` receives the outcome when the bus settles it.
+    pub fn chat(
+        self: &Arc<Self>,
+        job: Job,
+        finish: impl FnOnce(Outcome) + Send + 'static,
+        after_bus: impl FnOnce(Job) + Send + 'static,
+    ) {
+        let JobKind::Chat { toid, msg } = &job.kind else {
+            after_bus(job);
+            return;
+        };
+        let (toid, msg) = (*toid, msg.clone());
+        self.bus.route_async(
+            toid,
+            msg,
+            Box::new(move |routed| match routed {
+                Ok(true) => finish(Outcome {
+                    reply: job.seq.as_ref().map(|seq| crate::proto::reply::ok(crate::proto::MsgId::OneChat, seq, None)),
+                    effect: Effect::None,
+                }),
+                Ok(false) => after_bus(job),
+                Err(e) => {
+                    log::error!("{e}");
+                    finish(Outcome { reply: job.reject(crate::proto::Errno::Unavailable), effect: Effect::None });
+                }
+            }),
+        );
+    }
+
     /// Finishes the queued mailbox writes and joins their threads. Call once nothing else will
     /// use the service.
     pub fn shutdown(&self) {

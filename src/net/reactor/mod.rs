@@ -270,11 +270,21 @@ impl Reactor {
         conn.busy = true;
         self.jobs_in_flight += 1;
         let here = self.loc(key);
-        let (service, router) = (self.service.clone(), self.router.clone());
-        self.pool.submit(move || {
-            let outcome = service.run(job, here, &*router);
+        let (service, router, pool) = (self.service.clone(), self.router.clone(), self.pool.clone());
+        let done = move |router: &Router, outcome| {
             router.send(here.reactor, Msg::JobDone { token: here.token, conn: here.conn, outcome });
-        });
+        };
+        let on_pool = {
+            let (service, router) = (service.clone(), router.clone());
+            move |job: Job| {
+                pool.submit(move || {
+                    let outcome = service.run(job, here, &*router);
+                    done(&router, outcome);
+                });
+            }
+        };
+        // A chat goes to the bus first, sharing round trips; everything else to the pool.
+        service.chat(job, move |outcome| done(&router, outcome), on_pool);
     }
 
     /// Pool work nobody waits for (store unsent messages, mark a session offline).
