@@ -229,3 +229,28 @@ fn a_redis_restart_under_load_is_survived() {
     assert!(acked.iter().all(|n| unique.contains(n)), "an acknowledged message was lost");
     assert!(acked.len() > 200, "only {} of 300 acknowledged", acked.len());
 }
+
+/// A dependency that cannot be reached at start: a clear error naming it, and exit status 1.
+#[test]
+fn unreachable_dependencies_stop_the_start_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite:{}", dir.path().join("chat.db").display());
+    let closed = support::mariadb::free_port();
+    let cases = [
+        (vec!["--store".to_owned(), format!("mysql://chat:secret@127.0.0.1:{closed}/chat")], "--store"),
+        (vec!["--store".to_owned(), sqlite, "--bus".to_owned(), format!("redis://127.0.0.1:{closed}")], "--bus"),
+    ];
+    for (args, flag) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatserver"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(&format!("127.0.0.1:{closed}")), "{stderr}");
+        assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "it must not start serving");
+    }
+}

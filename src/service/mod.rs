@@ -24,8 +24,9 @@ pub use presence::{Loc, Presence};
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::proto::reply::LoginData;
+use crate::proto::reply::{self, LoginData};
 use crate::proto::request::Limits;
+use crate::proto::{Errno, MsgId};
 use crate::store::Store;
 use crate::{GroupId, UserId};
 
@@ -222,13 +223,13 @@ impl Service {
             msg,
             Box::new(move |routed| match routed {
                 Ok(true) => finish(Outcome {
-                    reply: job.seq.as_ref().map(|seq| crate::proto::reply::ok(crate::proto::MsgId::OneChat, seq, None)),
+                    reply: job.seq.as_ref().map(|seq| reply::ok(MsgId::OneChat, seq, None)),
                     effect: Effect::None,
                 }),
                 Ok(false) => after_bus(job),
                 Err(e) => {
                     log::error!("{e}");
-                    finish(Outcome { reply: job.reject(crate::proto::Errno::Unavailable), effect: Effect::None });
+                    finish(Outcome { reply: job.reject(Errno::Unavailable), effect: Effect::None });
                 }
             }),
         );
