@@ -40,7 +40,9 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Delivers an encoded message to `user` on another node. `false`: not online elsewhere.
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError>;
     /// Like `route`, without blocking the caller: many messages can share one round trip.
-    /// Messages handed over one after the other are routed in that order.
+    /// Messages handed over one after the other are routed in that order. Called on reactor
+    /// threads: the default, which routes in place, suits only a bus that never blocks; a bus
+    /// that does I/O overrides it.
     fn route_async(&self, user: UserId, msg: Arc<str>, done: RouteDone) {
         done(self.route(user, &msg));
     }
