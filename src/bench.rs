@@ -6,6 +6,8 @@
 //! measure one-way latency on the same clock.
 //! - `pingpong`: one message in flight per pair; the receiver answers, the sender sends again.
 //! - `flood`: each sender keeps up to `window` messages in flight (acked with `seq`).
+//! - `fanout`: `pairs` groups of `members` users; the first member of each sends to the group,
+//!   up to `window` messages in flight; every other member counts and times its deliveries.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -20,6 +22,7 @@ use serde_json::{json, Value};
 pub enum Scenario {
     PingPong,
     Flood { window: usize },
+    Fanout { members: usize, window: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -82,9 +85,13 @@ fn err(msg: String) -> std::io::Error {
 
 /// Registers and logs in `2 × pairs` users; returns (connection, id) per user.
 fn setup(plan: &Plan) -> std::io::Result<Vec<(Conn, u32)>> {
+    users(plan, plan.pairs * 2)
+}
+
+fn users(plan: &Plan, count: usize) -> std::io::Result<Vec<(Conn, u32)>> {
     let run = crate::service::now_ms();
     let mut users = Vec::new();
-    for i in 0..plan.pairs * 2 {
+    for i in 0..count {
         let mut c = Conn::open(&plan.addrs[i % plan.addrs.len()])?;
         let name = format!("b{run}-{i}");
         let r = c.request(&json!({"msgid":4,"name":name,"password":"bench"}))?;
@@ -109,6 +116,9 @@ fn latency_of(start: Instant, msg: &Value) -> Option<u64> {
 
 /// Runs the plan; every thread reports its histogram, merged at the end.
 pub fn run(plan: &Plan) -> std::io::Result<Report> {
+    if let Scenario::Fanout { members, window } = plan.scenario {
+        return fanout(plan, members.max(2), window.max(1));
+    }
     let users = setup(plan)?;
     let pad = "x".repeat(plan.size);
     let barrier = Arc::new(Barrier::new(plan.pairs * 2 + 1));
@@ -150,7 +160,7 @@ pub fn run(plan: &Plan) -> std::io::Result<Report> {
                         while a.recv()?["msgid"] != 6 {}
                     }
                 }
-                Scenario::Flood { window } => {
+                Scenario::Flood { window } | Scenario::Fanout { window, .. } => {
                     let (mut sent, mut acked) = (0, 0);
                     while acked < plan.messages {
                         while sent < plan.messages && sent - acked < window {
@@ -180,7 +190,72 @@ pub fn run(plan: &Plan) -> std::io::Result<Report> {
     let seconds = t0.elapsed().as_secs_f64();
     let per_pair = match plan.scenario {
         Scenario::PingPong => 2 * plan.messages,
-        Scenario::Flood { .. } => plan.messages,
+        Scenario::Flood { .. } | Scenario::Fanout { .. } => plan.messages,
     };
     Ok(Report { delivered: (plan.pairs * per_pair) as u64, seconds, latency })
+}
+
+/// Groups of `members`: the first creates the group and sends, the others receive.
+fn fanout(plan: &Plan, members: usize, window: usize) -> std::io::Result<Report> {
+    let mut all = users(plan, plan.pairs * members)?.into_iter();
+    let pad = "x".repeat(plan.size);
+    let barrier = Arc::new(Barrier::new(plan.pairs * members + 1));
+    let start = Instant::now();
+    let mut threads: Vec<thread::JoinHandle<std::io::Result<Histogram<u64>>>> = Vec::new();
+    for _ in 0..plan.pairs {
+        let (mut sender, _) = all.next().ok_or_else(|| err("too few users".into()))?;
+        let r = sender.request(&json!({"msgid":8,"groupname":"bench","seq":0}))?;
+        let gid = r["groupid"].as_u64().ok_or_else(|| err(format!("create group: {r}")))?;
+        for _ in 1..members {
+            let (mut member, _) = all.next().ok_or_else(|| err("too few users".into()))?;
+            let r = member.request(&json!({"msgid":9,"groupid":gid,"seq":0}))?;
+            if r["errno"] != 0 {
+                return Err(err(format!("join group: {r}")));
+            }
+            let (barrier, messages) = (barrier.clone(), plan.messages);
+            threads.push(thread::spawn(move || {
+                let mut h = Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))?;
+                barrier.wait();
+                let mut got = 0;
+                while got < messages {
+                    let m = member.recv()?;
+                    if m["msgid"] == 10 {
+                        got += 1;
+                        if let Some(us) = latency_of(start, &m) {
+                            h.record(us).map_err(|e| err(e.to_string()))?;
+                        }
+                    }
+                }
+                Ok(h)
+            }));
+        }
+        let (barrier, pad, messages) = (barrier.clone(), pad.clone(), plan.messages);
+        threads.push(thread::spawn(move || {
+            barrier.wait();
+            let (mut sent, mut acked) = (0, 0);
+            while acked < messages {
+                while sent < messages && sent - acked < window {
+                    sender.send(&json!({"msgid":10,"groupid":gid,"msg":body(start, &pad),"seq":sent}))?;
+                    sent += 1;
+                }
+                let r = sender.recv()?;
+                if r["msgid"] == 11 {
+                    if r["errno"] != 0 {
+                        return Err(err(format!("group send failed: {r}")));
+                    }
+                    acked += 1;
+                }
+            }
+            Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))
+        }));
+    }
+    barrier.wait();
+    let t0 = Instant::now();
+    let mut latency = Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))?;
+    for t in threads {
+        let h = t.join().map_err(|_| err("a bench thread panicked".into()))??;
+        latency.add(&h).map_err(|e| err(e.to_string()))?;
+    }
+    let delivered = (plan.pairs * (members - 1) * plan.messages) as u64;
+    Ok(Report { delivered, seconds: t0.elapsed().as_secs_f64(), latency })
 }

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 enum Kind {
     Pingpong,
     Flood,
+    Fanout,
 }
 
 #[derive(Debug, Parser)]
@@ -22,9 +23,12 @@ struct Args {
     /// Ports of several nodes; user i connects to ports[i % n], so pairs span nodes.
     #[arg(long, value_delimiter = ',')]
     ports: Vec<u16>,
-    /// Pairs of users.
+    /// Pairs of users (fanout: groups).
     #[arg(long, default_value_t = 100)]
     pairs: usize,
+    /// fanout: members per group, the sender included.
+    #[arg(long, default_value_t = 100)]
+    members: usize,
     /// Messages per pair (pingpong: round trips).
     #[arg(long, default_value_t = 1000)]
     messages: usize,
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     let scenario = match args.scenario {
         Kind::Pingpong => Scenario::PingPong,
         Kind::Flood => Scenario::Flood { window: args.window.max(1) },
+        Kind::Fanout => Scenario::Fanout { members: args.members, window: args.window.max(1) },
     };
     let plan = Plan { addrs, pairs: args.pairs, messages: args.messages, scenario, size: args.size };
     let report = match run(&plan) {
@@ -68,10 +73,13 @@ fn main() -> ExitCode {
                 "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": report.latency.max()})
         );
     } else {
+        let who = match args.scenario {
+            Kind::Fanout => format!("{} groups of {}", args.pairs, args.members),
+            _ => format!("{} pairs", args.pairs),
+        };
         println!(
-            "{:?}: {} pairs, {} messages delivered in {:.2} s = {:.0} msg/s; one-way latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            "{:?}: {who}, {} messages delivered in {:.2} s = {:.0} msg/s; one-way latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
             args.scenario,
-            args.pairs,
             report.delivered,
             report.seconds,
             report.rate(),
