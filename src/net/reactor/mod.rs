@@ -387,15 +387,19 @@ impl Reactor {
                 }
             }
         }
-        // Deliveries that waited for this job now follow its answer.
-        for (user, msg) in mem::take(&mut conn.held) {
-            if open && conn.session.user.as_ref().is_some_and(|u| u.id == user) {
-                conn.queue(Out::Chat(user, msg));
-            } else {
-                unsent.push((user, msg));
+        let wanted = mem::take(&mut conn.drain_wanted) && open && self.phase == Phase::Running;
+        let drain = wanted.then(|| conn.session.user.as_ref().map(|u| u.id)).flatten();
+        // Deliveries that waited for this job now follow its answer, unless the mailbox is to be
+        // fetched first: they were sent after what it holds, so they wait behind the drain too.
+        if drain.is_none() {
+            for (user, msg) in mem::take(&mut conn.held) {
+                if open && conn.session.user.as_ref().is_some_and(|u| u.id == user) {
+                    conn.queue(Out::Chat(user, msg));
+                } else {
+                    unsent.push((user, msg));
+                }
             }
         }
-        let drain = mem::take(&mut conn.drain_wanted).then(|| conn.session.user.as_ref().map(|u| u.id)).flatten();
         if let Some((user, mailbox)) = ended {
             self.end_session(key, user, mailbox);
         }
@@ -408,10 +412,8 @@ impl Reactor {
             return;
         }
         match drain {
-            Some(user) if self.phase == Phase::Running => {
-                self.submit(key, Job { seq: None, kind: JobKind::Drain { user } });
-            }
-            _ => self.pump(key),
+            Some(user) => self.submit(key, Job { seq: None, kind: JobKind::Drain { user } }),
+            None => self.pump(key),
         }
     }
 
