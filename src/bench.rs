@@ -259,3 +259,42 @@ fn fanout(plan: &Plan, members: usize, window: usize) -> std::io::Result<Report>
     let delivered = (plan.pairs * (members - 1) * plan.messages) as u64;
     Ok(Report { delivered, seconds: t0.elapsed().as_secs_f64(), latency })
 }
+
+/// The open-file limit of this process, from `/proc/self/limits` (soft, hard).
+pub fn open_file_limit() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut nums = line.split_whitespace().filter_map(|w| w.parse::<u64>().ok());
+    Some((nums.next()?, nums.next()?))
+}
+
+/// Resident memory of a process in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One idle client process's share: `count` users, each registered, logged in and then left
+/// alone, connecting from `source` so one process is not bounded by one address's ephemeral
+/// ports. Returns the open connections; the caller holds them.
+pub fn idle_share(addr: &str, source: std::net::Ipv4Addr, tag: &str, count: usize) -> std::io::Result<Vec<TcpStream>> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let target: std::net::SocketAddr = addr.parse().map_err(|e| err(format!("{addr}: {e}")))?;
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.bind(&SockAddr::from(std::net::SocketAddr::from((source, 0))))?;
+        socket.connect(&SockAddr::from(target))?;
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut c = Conn { reader: BufReader::new(stream.try_clone()?), writer: stream };
+        let r = c.request(&json!({"msgid":4,"name":format!("{tag}-{i}"),"password":"idle"}))?;
+        let id = r["id"].as_u64().ok_or_else(|| err(format!("register: {r}")))?;
+        let r = c.request(&json!({"msgid":1,"id":id,"password":"idle"}))?;
+        if r["errno"] != 0 {
+            return Err(err(format!("login: {r}")));
+        }
+        held.push(c.writer);
+    }
+    Ok(held)
+}

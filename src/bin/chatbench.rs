@@ -10,6 +10,8 @@ enum Kind {
     Pingpong,
     Flood,
     Fanout,
+    /// Hold `--connections` logged-in idle sessions; report logins/s and server RSS each.
+    Idle,
 }
 
 #[derive(Debug, Parser)]
@@ -41,10 +43,31 @@ struct Args {
     /// Print one JSON line instead of the summary.
     #[arg(long)]
     json: bool,
+    /// idle: sessions to hold.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// idle: client processes to spread them over (each has its own open-file limit).
+    #[arg(long, default_value_t = 4)]
+    procs: usize,
+    /// idle: the server's pid, to read its memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// idle, internal: run as one client process with this share, `INDEX:COUNT:TAG`.
+    #[arg(long, hide = true)]
+    share: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if matches!(args.scenario, Kind::Idle) {
+        return match idle(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chatbench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let addrs = if args.ports.is_empty() {
         vec![args.addr.clone()]
     } else {
@@ -55,6 +78,7 @@ fn main() -> ExitCode {
         Kind::Pingpong => Scenario::PingPong,
         Kind::Flood => Scenario::Flood { window: args.window.max(1) },
         Kind::Fanout => Scenario::Fanout { members: args.members, window: args.window.max(1) },
+        Kind::Idle => unreachable!("handled above"),
     };
     let plan = Plan { addrs, pairs: args.pairs, messages: args.messages, scenario, size: args.size };
     let report = match run(&plan) {
@@ -90,4 +114,81 @@ fn main() -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `idle`: the parent spreads the sessions over child processes (each from its own 127.0.0.x
+/// source address), waits until all are logged in, measures, then lets them go.
+fn idle(args: &Args) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    if let Some(share) = &args.share {
+        // Child: log in our share, say so, hold the sessions until stdin closes.
+        let mut parts = share.splitn(3, ':');
+        let (Some(index), Some(count), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("bad share {share:?}"));
+        };
+        let index: u8 = index.parse().map_err(|e| format!("{e}"))?;
+        let count: usize = count.parse().map_err(|e| format!("{e}"))?;
+        let source = std::net::Ipv4Addr::new(127, 0, 1, index.saturating_add(1));
+        let held =
+            chat::bench::idle_share(&args.addr, source, &format!("{tag}-{index}"), count).map_err(|e| e.to_string())?;
+        println!("ready {}", held.len());
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        return Ok(());
+    }
+    let procs = args.procs.clamp(1, 200);
+    let tag = format!("idle{}", chat::service::now_ms());
+    let before = args.pid.and_then(chat::bench::rss_kib);
+    let start = std::time::Instant::now();
+    let mut children = Vec::new();
+    for i in 0..procs {
+        let count = args.connections / procs + usize::from(i < args.connections % procs);
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .args(["idle", "--addr", &args.addr, "--share", &format!("{i}:{count}:{tag}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        children.push(child);
+    }
+    let mut held = 0;
+    for child in &mut children {
+        let mut line = String::new();
+        if let Some(out) = child.stdout.as_mut() {
+            BufReader::new(out).read_line(&mut line).map_err(|e| e.to_string())?;
+        }
+        held += line
+            .strip_prefix("ready ")
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .ok_or("a client process failed")?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = args.pid.and_then(chat::bench::rss_kib);
+    let per_conn = before.zip(after).map(|(b, a)| a.saturating_sub(b) as f64 * 1024.0 / held.max(1) as f64);
+    let limit = chat::bench::open_file_limit();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"scenario":"idle","sessions":held,"procs":procs,"seconds":seconds,
+                "logins_per_s": held as f64 / seconds, "server_rss_kib": after,
+                "server_bytes_per_session": per_conn, "client_open_file_limit": limit.map(|l| l.0)})
+        );
+    } else {
+        println!(
+            "Idle: {held} sessions from {procs} processes, registered and logged in in {seconds:.1} s ({:.0} logins/s); server RSS {} KiB, {} bytes per session; open-file limit here {:?}",
+            held as f64 / seconds,
+            after.map_or("?".into(), |a| a.to_string()),
+            per_conn.map_or("?".into(), |b| format!("{b:.0}")),
+            limit
+        );
+    }
+    for mut child in children {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    Ok(())
 }
