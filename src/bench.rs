@@ -114,6 +114,42 @@ fn latency_of(start: Instant, msg: &Value) -> Option<u64> {
     Some((start.elapsed().as_micros() as u64).saturating_sub(sent))
 }
 
+/// Keeps up to `window` requests built by `request(n)` in flight until `messages` are acked.
+fn send_windowed(
+    c: &mut Conn,
+    messages: usize,
+    window: usize,
+    request: impl Fn(usize) -> Value,
+) -> std::io::Result<()> {
+    let (mut sent, mut acked) = (0, 0);
+    while acked < messages {
+        while sent < messages && sent - acked < window {
+            c.send(&request(sent))?;
+            sent += 1;
+        }
+        let r = c.recv()?;
+        if r["msgid"] == 11 {
+            if r["errno"] != 0 {
+                return Err(err(format!("send failed: {r}")));
+            }
+            acked += 1;
+        }
+    }
+    Ok(())
+}
+
+type Worker = thread::JoinHandle<std::io::Result<Histogram<u64>>>;
+
+/// Waits for every thread and merges their latency histograms.
+fn merged(threads: Vec<Worker>) -> std::io::Result<Histogram<u64>> {
+    let mut latency = Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))?;
+    for t in threads {
+        let h = t.join().map_err(|_| err("a bench thread panicked".into()))??;
+        latency.add(&h).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(latency)
+}
+
 /// Runs the plan; every thread reports its histogram, merged at the end.
 pub fn run(plan: &Plan) -> std::io::Result<Report> {
     if let Scenario::Fanout { members, window } = plan.scenario {
@@ -161,20 +197,12 @@ pub fn run(plan: &Plan) -> std::io::Result<Report> {
                     }
                 }
                 Scenario::Flood { window } | Scenario::Fanout { window, .. } => {
-                    let (mut sent, mut acked) = (0, 0);
-                    while acked < plan.messages {
-                        while sent < plan.messages && sent - acked < window {
-                            a.send(&json!({"msgid":6,"toid":idb,"msg":body(start, &pad),"seq":sent}))?;
-                            sent += 1;
-                        }
-                        let r = a.recv()?;
-                        if r["msgid"] == 11 {
-                            if r["errno"] != 0 {
-                                return Err(err(format!("send failed: {r}")));
-                            }
-                            acked += 1;
-                        }
-                    }
+                    send_windowed(
+                        &mut a,
+                        plan.messages,
+                        window,
+                        |n| json!({"msgid":6,"toid":idb,"msg":body(start, &pad),"seq":n}),
+                    )?;
                 }
             }
             Ok(h)
@@ -182,11 +210,7 @@ pub fn run(plan: &Plan) -> std::io::Result<Report> {
     }
     barrier.wait();
     let t0 = Instant::now();
-    let mut latency = Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))?;
-    for t in threads {
-        let h = t.join().map_err(|_| err("a bench thread panicked".into()))??;
-        latency.add(&h).map_err(|e| err(e.to_string()))?;
-    }
+    let latency = merged(threads)?;
     let seconds = t0.elapsed().as_secs_f64();
     let per_pair = match plan.scenario {
         Scenario::PingPong => 2 * plan.messages,
@@ -201,7 +225,7 @@ fn fanout(plan: &Plan, members: usize, window: usize) -> std::io::Result<Report>
     let pad = "x".repeat(plan.size);
     let barrier = Arc::new(Barrier::new(plan.pairs * members + 1));
     let start = Instant::now();
-    let mut threads: Vec<thread::JoinHandle<std::io::Result<Histogram<u64>>>> = Vec::new();
+    let mut threads: Vec<Worker> = Vec::new();
     for _ in 0..plan.pairs {
         let (mut sender, _) = all.next().ok_or_else(|| err("too few users".into()))?;
         let r = sender.request(&json!({"msgid":8,"groupname":"bench","seq":0}))?;
@@ -232,30 +256,18 @@ fn fanout(plan: &Plan, members: usize, window: usize) -> std::io::Result<Report>
         let (barrier, pad, messages) = (barrier.clone(), pad.clone(), plan.messages);
         threads.push(thread::spawn(move || {
             barrier.wait();
-            let (mut sent, mut acked) = (0, 0);
-            while acked < messages {
-                while sent < messages && sent - acked < window {
-                    sender.send(&json!({"msgid":10,"groupid":gid,"msg":body(start, &pad),"seq":sent}))?;
-                    sent += 1;
-                }
-                let r = sender.recv()?;
-                if r["msgid"] == 11 {
-                    if r["errno"] != 0 {
-                        return Err(err(format!("group send failed: {r}")));
-                    }
-                    acked += 1;
-                }
-            }
+            send_windowed(
+                &mut sender,
+                messages,
+                window,
+                |n| json!({"msgid":10,"groupid":gid,"msg":body(start, &pad),"seq":n}),
+            )?;
             Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))
         }));
     }
     barrier.wait();
     let t0 = Instant::now();
-    let mut latency = Histogram::<u64>::new(3).map_err(|e| err(e.to_string()))?;
-    for t in threads {
-        let h = t.join().map_err(|_| err("a bench thread panicked".into()))??;
-        latency.add(&h).map_err(|e| err(e.to_string()))?;
-    }
+    let latency = merged(threads)?;
     let delivered = (plan.pairs * (members - 1) * plan.messages) as u64;
     Ok(Report { delivered, seconds: t0.elapsed().as_secs_f64(), latency })
 }
