@@ -237,15 +237,22 @@ impl Reactor {
                 continue;
             }
             // Sent under the presence read lock, so a session ending meanwhile finds it queued.
-            let (user, to) = (d.user, d.to);
+            // The lookup is repeated here: the user may have moved since the handler's.
+            let user = d.user;
             let mut pending = Some(d);
-            self.service.presence().with(user, |loc| {
-                if let Some(d) = pending.take_if(|_| loc == to) {
-                    self.router.deliver(d);
+            let here_now = self.service.presence().with(user, |loc| {
+                if loc.reactor == self.idx {
+                    return Some(loc); // ours: delivered below; only this thread can end it
                 }
+                if let Some(d) = pending.take() {
+                    self.router.deliver(Delivery { to: loc, ..d });
+                }
+                None
             });
-            if let Some(d) = pending {
-                self.spill(vec![(d.user, d.msg)]);
+            match (pending, here_now.flatten()) {
+                (Some(d), Some(loc)) => self.deliver(Delivery { to: loc, ..d }),
+                (Some(d), None) => self.spill(vec![(d.user, d.msg)]),
+                (None, _) => {}
             }
         }
         for job in fx.background.drain(..) {
