@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chat::bench::{run, Plan, Scenario};
+use chat::bench::{run, Plan, Scenario, Target};
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -12,6 +12,16 @@ enum Kind {
     Fanout,
     /// Hold `--connections` logged-in idle sessions; report logins/s and server RSS each.
     Idle,
+    /// Serve the bare relay baseline on `--listen` (the transport without the chat).
+    Relay,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum System {
+    /// The chat protocol: a chat server, or `chatbench relay`.
+    Chat,
+    /// Redis pub/sub as a chat relay (`--addr` is the Redis server).
+    Redis,
 }
 
 #[derive(Debug, Parser)]
@@ -19,6 +29,9 @@ enum Kind {
 struct Args {
     #[arg(value_enum)]
     scenario: Kind,
+    /// What `--addr` is.
+    #[arg(long, value_enum, default_value = "chat")]
+    target: System,
     /// Server address (host:port); with --ports, the host.
     #[arg(long, default_value = "127.0.0.1:6000")]
     addr: String,
@@ -40,6 +53,15 @@ struct Args {
     /// Bytes of padding per message.
     #[arg(long, default_value_t = 32)]
     size: usize,
+    /// Messages per second in total, paced over the senders (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// relay: address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6100")]
+    listen: String,
+    /// relay: reactor threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
     /// Print one JSON line instead of the summary.
     #[arg(long)]
     json: bool,
@@ -49,7 +71,7 @@ struct Args {
     /// idle: client processes to spread them over (each has its own open-file limit).
     #[arg(long, default_value_t = 4)]
     procs: usize,
-    /// idle: the server's pid, to read its memory.
+    /// The server's pid: its CPU time per message, and (idle) its memory per session.
     #[arg(long)]
     pid: Option<u32>,
     /// idle, internal: run as one client process with this share, `INDEX:COUNT:TAG`.
@@ -57,8 +79,27 @@ struct Args {
     share: Option<String>,
 }
 
+/// The same allocator as `chatserver`, so the relay baseline differs from it only in the chat.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if matches!(args.scenario, Kind::Relay) {
+        let listener = match std::net::TcpListener::bind(&args.listen) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("chatbench: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            println!("listening on {addr}");
+        }
+        let e = chat::net::relay::serve(listener, args.threads);
+        eprintln!("chatbench: relay stopped: {e:?}");
+        return ExitCode::FAILURE;
+    }
     if matches!(args.scenario, Kind::Idle) {
         return match idle(&args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -78,9 +119,23 @@ fn main() -> ExitCode {
         Kind::Pingpong => Scenario::PingPong,
         Kind::Flood => Scenario::Flood { window: args.window.max(1) },
         Kind::Fanout => Scenario::Fanout { members: args.members, window: args.window.max(1) },
-        Kind::Idle => unreachable!("handled above"),
+        Kind::Idle | Kind::Relay => unreachable!("handled above"),
     };
-    let plan = Plan { addrs, pairs: args.pairs, messages: args.messages, scenario, size: args.size };
+    let target = match args.target {
+        System::Chat => Target::Chat,
+        System::Redis => Target::Redis,
+    };
+    let plan = Plan {
+        target,
+        addrs,
+        pairs: args.pairs,
+        messages: args.messages,
+        scenario,
+        size: args.size,
+        rate: args.rate,
+        progress: !args.json,
+    };
+    let cpu_before = args.pid.and_then(chat::bench::cpu_time);
     let report = match run(&plan) {
         Ok(r) => r,
         Err(e) => {
@@ -88,13 +143,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cpu = cpu_before.zip(args.pid.and_then(chat::bench::cpu_time)).map(|(b, a)| a.saturating_sub(b));
+    let cpu_us_per_msg = cpu.map(|c| c.as_secs_f64() * 1e6 / report.delivered.max(1) as f64);
     let q = |p: f64| report.latency.value_at_quantile(p);
+    let last = report.last_member.as_ref().map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()));
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"scenario": format!("{:?}", args.scenario).to_lowercase(), "pairs": args.pairs,
+            serde_json::json!({"scenario": format!("{:?}", args.scenario).to_lowercase(),
+                "target": format!("{:?}", args.target).to_lowercase(), "pairs": args.pairs,
+                "members": matches!(args.scenario, Kind::Fanout).then_some(args.members),
                 "delivered": report.delivered, "seconds": report.seconds, "rate": report.rate(),
-                "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": report.latency.max()})
+                "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": report.latency.max(),
+                "last_member_p50_us": last.map(|l| l.0), "last_member_p99_us": last.map(|l| l.1),
+                "last_member_max_us": last.map(|l| l.2), "server_cpu_us_per_msg": cpu_us_per_msg})
         );
     } else {
         let who = match args.scenario {
@@ -102,8 +164,9 @@ fn main() -> ExitCode {
             _ => format!("{} pairs", args.pairs),
         };
         println!(
-            "{:?}: {who}, {} messages delivered in {:.2} s = {:.0} msg/s; one-way latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            "{:?} ({:?}): {who}, {} messages delivered in {:.2} s = {:.0} msg/s; one-way latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
             args.scenario,
+            args.target,
             report.delivered,
             report.seconds,
             report.rate(),
@@ -112,6 +175,12 @@ fn main() -> ExitCode {
             q(0.999),
             report.latency.max()
         );
+        if let Some((p50, p99, max)) = last {
+            println!("time to the last member: p50 {p50} µs, p99 {p99} µs, max {max} µs");
+        }
+        if let Some(us) = cpu_us_per_msg {
+            println!("server CPU: {us:.2} µs per message delivered");
+        }
     }
     ExitCode::SUCCESS
 }

@@ -55,6 +55,11 @@ struct Args {
     shutdown_grace_ms: u64,
 }
 
+/// Chat messages are allocated on one reactor and freed on another; mimalloc's per-thread heaps
+/// take that without the global-lock contention glibc's malloc shows under load.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(Args::parse()) {

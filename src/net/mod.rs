@@ -7,6 +7,7 @@
 
 mod conn;
 mod reactor;
+pub mod relay;
 mod router;
 
 pub(crate) use reactor::Reactor;

@@ -74,9 +74,9 @@ pub(crate) struct Reactor {
 /// The parts of a reactor that exist before the router does.
 #[derive(Debug)]
 pub(crate) struct ReactorSeed {
-    poll: Poll,
-    rx: Receiver<Msg>,
-    notified: Arc<AtomicBool>,
+    pub(in crate::net) poll: Poll,
+    pub(in crate::net) rx: Receiver<Msg>,
+    pub(in crate::net) notified: Arc<AtomicBool>,
 }
 
 impl Reactor {

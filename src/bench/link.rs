@@ -1,0 +1,362 @@
+//! One simulated user's connection to the system under test: the chat protocol (chat server or
+//! bare relay) or Redis pub/sub. The generator must cost less than what it measures, so the hot
+//! path neither builds nor parses JSON values: requests are written into one buffer and flushed
+//! with one `write` per batch; replies are read in 64 KiB chunks and scanned for the few fields
+//! that matter.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use memchr::memchr;
+use serde_json::Value;
+
+use crate::net::relay::number;
+
+/// What a receiver learns from one delivery: when it was sent (µs since the run's start, from
+/// the body) and which of the sender's messages it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub sent_us: u64,
+    pub n: usize,
+}
+
+/// A message body: `"SENT_US N PAD"`.
+pub fn body(sent_us: u64, n: usize, pad: &str) -> String {
+    format!("{sent_us} {n} {pad}")
+}
+
+fn parse_body(text: &[u8]) -> Option<Delivered> {
+    let mut words = text.splitn(3, |&b| b == b' ');
+    let sent_us = std::str::from_utf8(words.next()?).ok()?.parse().ok()?;
+    let n = std::str::from_utf8(words.next()?).ok()?.parse().ok()?;
+    Some(Delivered { sent_us, n })
+}
+
+pub fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+/// A socket read in large chunks, handing out lines and byte runs.
+#[derive(Debug)]
+struct Reader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Reader {
+    fn new(stream: TcpStream) -> Reader {
+        Reader { stream, buf: vec![0; 64 * 1024], start: 0, end: 0 }
+    }
+
+    /// Reads more input, first moving what is left to the front (and growing if full).
+    fn fill(&mut self) -> io::Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        match self.stream.read(&mut self.buf[self.end..])? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                self.end += n;
+                Ok(())
+            }
+        }
+    }
+
+    /// The next line, without its `\n`.
+    fn line(&mut self) -> io::Result<&[u8]> {
+        loop {
+            if let Some(i) = memchr(b'\n', &self.buf[self.start..self.end]) {
+                let line = self.start..self.start + i;
+                self.start += i + 1;
+                return Ok(&self.buf[line]);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// The next line if it is already buffered: no read.
+    fn buffered_line(&mut self) -> Option<&[u8]> {
+        let i = memchr(b'\n', &self.buf[self.start..self.end])?;
+        let line = self.start..self.start + i;
+        self.start += i + 1;
+        Some(&self.buf[line])
+    }
+
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+        while self.end - self.start < n {
+            self.fill()?;
+        }
+        let run = self.start..self.start + n;
+        self.start += n;
+        Ok(&self.buf[run])
+    }
+}
+
+fn connect(addr: &str) -> io::Result<TcpStream> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
+}
+
+/// A user of the chat protocol: the chat server, or the bare relay.
+#[derive(Debug)]
+pub struct ChatLink {
+    writer: TcpStream,
+    reader: Reader,
+    out: Vec<u8>,
+}
+
+impl ChatLink {
+    pub fn open(addr: &str) -> io::Result<ChatLink> {
+        let s = connect(addr)?;
+        Ok(ChatLink { reader: Reader::new(s.try_clone()?), writer: s, out: Vec::new() })
+    }
+
+    /// From an already connected socket (the idle scenario binds its own source address).
+    pub fn from_stream(s: TcpStream) -> io::Result<ChatLink> {
+        Ok(ChatLink { reader: Reader::new(s.try_clone()?), writer: s, out: Vec::new() })
+    }
+
+    pub fn into_stream(self) -> TcpStream {
+        self.writer
+    }
+
+    /// Setup only: one request, its answer as a JSON value.
+    pub fn request(&mut self, v: &Value) -> io::Result<Value> {
+        self.writer.write_all(format!("{v}\n").as_bytes())?;
+        serde_json::from_slice(self.reader.line()?).map_err(io::Error::other)
+    }
+
+    /// Registers a fresh user and logs it in; returns its id.
+    pub fn sign_up(&mut self, name: &str, password: &str) -> io::Result<u32> {
+        let r = self.request(&serde_json::json!({"msgid":4,"name":name,"password":password}))?;
+        let id = r["id"].as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| err(format!("register: {r}")))?;
+        let r = self.request(&serde_json::json!({"msgid":1,"id":id,"password":password}))?;
+        if r["errno"] != 0 {
+            return Err(err(format!("login: {r}")));
+        }
+        Ok(id)
+    }
+
+    fn push(&mut self, msgid: u8, key: &str, to: u32, body: &str, seq: Option<usize>) {
+        // Bodies are digits, spaces and padding: no JSON escaping needed.
+        let _ = write!(self.out, r#"{{"msgid":{msgid},"{key}":{to},"msg":"{body}""#);
+        if let Some(seq) = seq {
+            let _ = write!(self.out, r#","seq":{seq}"#);
+        }
+        self.out.extend_from_slice(b"}\n");
+    }
+
+    fn next(&mut self, want: &[u64]) -> io::Result<(u64, &[u8])> {
+        loop {
+            let line = self.reader.line()?;
+            let msgid = number(line, b"\"msgid\":").unwrap_or(0);
+            if msgid == 11 && number(line, b"\"errno\":") != Some(0) {
+                return Err(err(format!("request failed: {}", String::from_utf8_lossy(line))));
+            }
+            if want.contains(&msgid) {
+                // Reborrow to return the line (the loop's borrow ends with this iteration).
+                let len = line.len();
+                let end = self.reader.start - 1;
+                return Ok((msgid, &self.reader.buf[end - len..end]));
+            }
+        }
+    }
+}
+
+/// A user of Redis pub/sub as a chat relay: it SUBSCRIBEs its own channel (and its group's)
+/// on one connection and PUBLISHes to its partner's on another, since a subscribed connection
+/// can do nothing else. The payload is what the chat server would deliver.
+#[derive(Debug)]
+pub struct RedisLink {
+    id: u32,
+    tag: String,
+    publisher: TcpStream,
+    replies: Reader,
+    subscriber: Reader,
+    out: Vec<u8>,
+}
+
+fn resp(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let _ = write!(out, "*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(out, "${}\r\n", a.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl RedisLink {
+    /// Connects user `id` of run `tag`; it listens on its channel and on `groups`'. With
+    /// `acks` false the publisher asks Redis for no replies (a chat client that wants no acks).
+    pub fn open(addr: &str, tag: &str, id: u32, groups: &[u32], acks: bool) -> io::Result<RedisLink> {
+        let publisher = connect(addr)?;
+        let sub = connect(addr)?;
+        let mut link = RedisLink {
+            id,
+            tag: tag.to_owned(),
+            replies: Reader::new(publisher.try_clone()?),
+            publisher,
+            subscriber: Reader::new(sub.try_clone()?),
+            out: Vec::new(),
+        };
+        let mut channels = vec![link.channel('u', id)];
+        channels.extend(groups.iter().map(|&g| link.channel('g', g)));
+        let mut cmd = Vec::new();
+        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+        args.extend(channels.iter().map(|c| c.as_bytes()));
+        resp(&mut cmd, &args);
+        (&sub).write_all(&cmd)?;
+        for _ in &channels {
+            // *3 $9 subscribe $N channel :count
+            for _ in 0..6 {
+                link.subscriber.line()?;
+            }
+        }
+        if !acks {
+            let mut cmd = Vec::new();
+            resp(&mut cmd, &[b"CLIENT", b"REPLY", b"OFF"]);
+            link.publisher.write_all(&cmd)?;
+        }
+        Ok(link)
+    }
+
+    fn channel(&self, kind: char, id: u32) -> String {
+        format!("{}:{kind}{id}", self.tag)
+    }
+
+    fn publish(&mut self, kind: char, to: u32, msgid: u8, key: &str, body: &str) {
+        let channel = self.channel(kind, to);
+        let payload = format!(r#"{{"msgid":{msgid},"id":{},"{key}":{to},"msg":"{body}"}}"#, self.id);
+        resp(&mut self.out, &[b"PUBLISH", channel.as_bytes(), payload.as_bytes()]);
+    }
+
+    /// The payload of the next pushed message: `*3`, then `message`, the channel, the payload.
+    fn message(&mut self) -> io::Result<&[u8]> {
+        let header = self.subscriber.line()?;
+        if header != b"*3\r" {
+            return Err(err(format!("unexpected push {}", String::from_utf8_lossy(header))));
+        }
+        for _ in 0..2 {
+            let len = self.bulk_len()?;
+            self.subscriber.take(len + 2)?;
+        }
+        let len = self.bulk_len()?;
+        Ok(&self.subscriber.take(len + 2)?[..len])
+    }
+
+    fn bulk_len(&mut self) -> io::Result<usize> {
+        let line = self.subscriber.line()?;
+        let digits = line.strip_prefix(b"$").and_then(|l| l.strip_suffix(b"\r")).unwrap_or_default();
+        std::str::from_utf8(digits).ok().and_then(|n| n.parse().ok()).ok_or_else(|| err("bad bulk length"))
+    }
+}
+
+/// One user's connection, whichever system is under test.
+#[derive(Debug)]
+pub enum Link {
+    Chat(ChatLink),
+    Redis(RedisLink),
+}
+
+impl Link {
+    /// Queues a one-to-one message; `seq` asks for an acknowledgement.
+    pub fn chat(&mut self, to: u32, body: &str, seq: Option<usize>) {
+        match self {
+            Link::Chat(c) => c.push(6, "toid", to, body, seq),
+            Link::Redis(r) => r.publish('u', to, 6, "toid", body),
+        }
+    }
+
+    /// Queues a group message.
+    pub fn group(&mut self, group: u32, body: &str, seq: Option<usize>) {
+        match self {
+            Link::Chat(c) => c.push(10, "groupid", group, body, seq),
+            Link::Redis(r) => r.publish('g', group, 10, "groupid", body),
+        }
+    }
+
+    /// Sends everything queued in one write.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let (stream, out) = match self {
+            Link::Chat(c) => (&mut c.writer, &mut c.out),
+            Link::Redis(r) => (&mut r.publisher, &mut r.out),
+        };
+        stream.write_all(out)?;
+        out.clear();
+        Ok(())
+    }
+
+    /// Waits for the next chat or group message for this user.
+    pub fn delivery(&mut self) -> io::Result<Delivered> {
+        let line = match self {
+            Link::Chat(c) => c.next(&[6, 10])?.1,
+            Link::Redis(r) => r.message()?,
+        };
+        let at = memchr::memmem::find(line, b"\"msg\":\"").ok_or_else(|| err("a delivery without msg"))? + 7;
+        parse_body(&line[at..]).ok_or_else(|| err("a delivery with a foreign body"))
+    }
+
+    /// Takes the acknowledgements already received, without waiting; returns how many.
+    pub fn buffered_acks(&mut self) -> io::Result<usize> {
+        let mut n = 0;
+        let reader = match self {
+            Link::Chat(c) => &mut c.reader,
+            Link::Redis(r) => &mut r.replies,
+        };
+        while let Some(line) = reader.buffered_line() {
+            let ok = match line.first() {
+                Some(b'{') => number(line, b"\"msgid\":") != Some(11) || number(line, b"\"errno\":") == Some(0),
+                other => other == Some(&b':'),
+            };
+            if !ok {
+                return Err(err(format!("request failed: {}", String::from_utf8_lossy(line))));
+            }
+            n += usize::from(line.first() == Some(&b':') || number(line, b"\"msgid\":") == Some(11));
+        }
+        Ok(n)
+    }
+
+    /// Waits for the next acknowledgement; an error reply is an error.
+    pub fn ack(&mut self) -> io::Result<()> {
+        match self {
+            Link::Chat(c) => c.next(&[11]).map(drop),
+            Link::Redis(r) => {
+                let line = r.replies.line()?;
+                match line.first() {
+                    Some(b':') => Ok(()),
+                    _ => Err(err(format!("publish failed: {}", String::from_utf8_lossy(line)))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip() {
+        let b = body(1234, 56, "xx");
+        assert_eq!(parse_body(b.as_bytes()), Some(Delivered { sent_us: 1234, n: 56 }));
+        assert_eq!(parse_body(b"nope"), None);
+    }
+
+    #[test]
+    fn resp_encodes_bulk_strings() {
+        let mut out = Vec::new();
+        resp(&mut out, &[b"PUBLISH", b"c", b"hi"]);
+        assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$2\r\nhi\r\n");
+    }
+}

@@ -1,0 +1,429 @@
+//! The load generator behind `chatbench`: signs users up over real TCP and drives chat traffic
+//! between them, against the chat server, the bare relay baseline ([`crate::net::relay`]) or
+//! Redis pub/sub (the peer baseline), with the same code timing all three.
+//!
+//! Users `2k` and `2k+1` form pair `k`; user `i` connects to `addrs[i % addrs.len()]`, so with
+//! two nodes every pair spans both. Message bodies carry the send time, so receivers measure
+//! one-way latency on the same clock.
+//! - `pingpong`: one message in flight per pair; the receiver answers, the sender sends again.
+//! - `flood`: each sender keeps up to `window` messages in flight (acked with `seq`).
+//! - `fanout`: `pairs` groups of `members` users; the first member of each sends to the group,
+//!   up to `window` messages in flight; every other member counts and times its deliveries.
+//!
+//! With `rate`, senders pace themselves to that many messages per second in total.
+
+mod link;
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use link::{body, err, ChatLink, Delivered, Link, RedisLink};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    PingPong,
+    Flood { window: usize },
+    Fanout { members: usize, window: usize },
+}
+
+/// What the generator talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The chat protocol: the chat server or the bare relay.
+    Chat,
+    /// Redis pub/sub as a chat relay.
+    Redis,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: Target,
+    pub addrs: Vec<String>,
+    pub pairs: usize,
+    pub messages: usize,
+    pub scenario: Scenario,
+    pub size: usize,
+    /// Messages per second in total, spread over the senders; `None`: as fast as possible.
+    pub rate: Option<f64>,
+    /// Draw progress bars on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub delivered: u64,
+    pub seconds: f64,
+    /// One-way latency of every delivery, microseconds.
+    pub latency: Histogram<u64>,
+    /// fanout: per message, the latency of its last member to receive it.
+    pub last_member: Option<Histogram<u64>>,
+}
+
+impl Report {
+    pub fn rate(&self) -> f64 {
+        self.delivered as f64 / self.seconds
+    }
+}
+
+/// What one thread reports: its latencies and, for fanout, the latency of each message by index.
+struct Tally {
+    latency: Histogram<u64>,
+    by_msg: Vec<u64>,
+    /// When the thread was done: the run ends with the last one.
+    done: Instant,
+}
+
+impl Tally {
+    fn new() -> io::Result<Tally> {
+        Ok(Tally { latency: histogram()?, by_msg: Vec::new(), done: Instant::now() })
+    }
+
+    fn finish(mut self) -> io::Result<Tally> {
+        self.done = Instant::now();
+        Ok(self)
+    }
+
+    fn record(&mut self, start: Instant, d: Delivered) -> io::Result<()> {
+        let us = (start.elapsed().as_micros() as u64).saturating_sub(d.sent_us);
+        // `record` grows the histogram as needed (`saturating_record` would clamp).
+        self.latency.record(us).map_err(|e| err(e.to_string()))
+    }
+}
+
+fn histogram() -> io::Result<Histogram<u64>> {
+    Histogram::new(3).map_err(|e| err(e.to_string()))
+}
+
+fn spawn(f: impl FnOnce() -> io::Result<Tally> + Send + 'static) -> io::Result<Worker> {
+    // Thousands of these threads only read and write sockets: small stacks will do.
+    thread::Builder::new().stack_size(256 * 1024).spawn(move || f()?.finish())
+}
+
+type Worker = thread::JoinHandle<io::Result<Tally>>;
+
+fn bar(plan: &Plan, len: usize, what: &'static str) -> ProgressBar {
+    if !plan.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64).with_message(what);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Connects, signs up and logs in `count` users; with `groups_of`, user `i` also listens to
+/// group `i / groups_of` (Redis only: chat groups are created through the server).
+fn users(plan: &Plan, count: usize, groups_of: Option<usize>) -> io::Result<Vec<(Link, u32)>> {
+    let tag = format!("b{}", crate::service::now_ms());
+    let progress = bar(plan, count, "logging in");
+    let mut users = Vec::with_capacity(count);
+    for i in 0..count {
+        let addr = &plan.addrs[i % plan.addrs.len()];
+        let user = match plan.target {
+            Target::Chat => {
+                let mut c = ChatLink::open(addr)?;
+                let id = c.sign_up(&format!("{tag}-{i}"), "bench")?;
+                (Link::Chat(c), id)
+            }
+            Target::Redis => {
+                let id = i as u32;
+                let groups: Vec<u32> = groups_of.map(|m| (i / m) as u32).into_iter().collect();
+                let acks = plan.scenario != Scenario::PingPong;
+                (Link::Redis(RedisLink::open(addr, &tag, id, &groups, acks)?), id)
+            }
+        };
+        users.push(user);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(users)
+}
+
+/// Paces one sender to `rate` messages per second: sleeps until message `n` is due.
+#[derive(Clone, Copy)]
+struct Pace {
+    start: Instant,
+    every: Option<Duration>,
+}
+
+impl Pace {
+    fn new(plan: &Plan, start: Instant) -> Pace {
+        let senders = plan.pairs as f64;
+        Pace { start, every: plan.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(senders / r)) }
+    }
+
+    fn due_at(&self, n: usize) -> Option<Instant> {
+        self.every.map(|every| self.start + every.mul_f64(n as f64))
+    }
+
+    fn due(&self, n: usize) -> bool {
+        self.due_at(n).map_or(true, |at| at <= Instant::now())
+    }
+
+    fn wait(&self, n: usize) {
+        if let Some(left) = self.due_at(n).and_then(|at| at.checked_duration_since(Instant::now())) {
+            thread::sleep(left);
+        }
+    }
+}
+
+/// Keeps up to `window` messages built by `push(link, n)` in flight until `messages` are acked.
+/// Messages due together go out in one write; acks already received are taken in one go.
+fn send_windowed(
+    link: &mut Link,
+    messages: usize,
+    window: usize,
+    pace: Pace,
+    mut push: impl FnMut(&mut Link, usize),
+) -> io::Result<()> {
+    let (mut sent, mut acked) = (0, 0);
+    while acked < messages {
+        while sent < messages && sent - acked < window && pace.due(sent) {
+            push(link, sent);
+            sent += 1;
+        }
+        link.flush()?;
+        if sent == acked {
+            pace.wait(sent); // nothing in flight and the next message is not due yet
+            continue;
+        }
+        link.ack()?;
+        acked += 1 + link.buffered_acks()?;
+    }
+    Ok(())
+}
+
+/// Counts deliveries for a progress bar without a shared write per message.
+struct Counter {
+    shared: Arc<AtomicU64>,
+    local: u64,
+}
+
+impl Counter {
+    fn tick(&mut self) {
+        self.local += 1;
+        if self.local == 256 {
+            self.shared.fetch_add(self.local, Ordering::Relaxed);
+            self.local = 0;
+        }
+    }
+}
+
+/// Waits for every thread, drawing progress meanwhile; returns their tallies and the seconds
+/// from `t0` to the last one's end.
+fn gather(
+    plan: &Plan,
+    threads: Vec<Worker>,
+    total: u64,
+    delivered: &AtomicU64,
+    t0: Instant,
+) -> io::Result<(Vec<Tally>, f64)> {
+    let progress = bar(plan, total as usize, "delivered");
+    while !threads.iter().all(|t| t.is_finished()) {
+        progress.set_position(delivered.load(Ordering::Relaxed));
+        thread::sleep(Duration::from_millis(100));
+    }
+    progress.finish_and_clear();
+    let tallies = threads
+        .into_iter()
+        .map(|t| t.join().map_err(|_| err("a bench thread panicked"))?)
+        .collect::<io::Result<Vec<Tally>>>()?;
+    let end = tallies.iter().map(|t| t.done).max().unwrap_or(t0);
+    Ok((tallies, end.duration_since(t0).as_secs_f64()))
+}
+
+fn merged(tallies: &[Tally]) -> io::Result<Histogram<u64>> {
+    let mut latency = histogram()?;
+    for t in tallies {
+        latency.add(&t.latency).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(latency)
+}
+
+/// Runs the plan.
+pub fn run(plan: &Plan) -> io::Result<Report> {
+    if let Scenario::Fanout { members, window } = plan.scenario {
+        return fanout(plan, members.max(2), window.max(1));
+    }
+    let users = users(plan, plan.pairs * 2, None)?;
+    let pad = "x".repeat(plan.size);
+    let barrier = Arc::new(Barrier::new(plan.pairs * 2 + 1));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let pace = Pace::new(plan, start);
+    let mut threads = Vec::new();
+    let mut users = users.into_iter();
+    let pingpong = plan.scenario == Scenario::PingPong;
+    while let (Some((mut a, ida)), Some((mut b, idb))) = (users.next(), users.next()) {
+        let (messages, pad2) = (plan.messages, pad.clone());
+        let (barrier2, mut count) = (barrier.clone(), Counter { shared: delivered.clone(), local: 0 });
+        // Receiver: counts, measures, and in pingpong answers.
+        threads.push(spawn(move || {
+            let mut tally = Tally::new()?;
+            barrier2.wait();
+            for _ in 0..messages {
+                let d = b.delivery()?;
+                tally.record(start, d)?;
+                count.tick();
+                if pingpong {
+                    b.chat(ida, &body(start.elapsed().as_micros() as u64, d.n, &pad2), None);
+                    b.flush()?;
+                }
+            }
+            Ok(tally)
+        })?);
+        let (barrier, pad, mut count) = (barrier.clone(), pad.clone(), Counter { shared: delivered.clone(), local: 0 });
+        let scenario = plan.scenario;
+        // Sender.
+        threads.push(spawn(move || {
+            let mut tally = Tally::new()?;
+            barrier.wait();
+            let now = || start.elapsed().as_micros() as u64;
+            match scenario {
+                Scenario::PingPong => {
+                    for n in 0..messages {
+                        pace.wait(n);
+                        a.chat(idb, &body(now(), n, &pad), None);
+                        a.flush()?;
+                        tally.record(start, a.delivery()?)?;
+                        count.tick();
+                    }
+                }
+                Scenario::Flood { window } | Scenario::Fanout { window, .. } => {
+                    send_windowed(&mut a, messages, window, pace, |a, n| a.chat(idb, &body(now(), n, &pad), Some(n)))?;
+                }
+            }
+            Ok(tally)
+        })?);
+    }
+    let per_pair = if pingpong { 2 * plan.messages } else { plan.messages };
+    let total = (plan.pairs * per_pair) as u64;
+    barrier.wait();
+    let t0 = Instant::now();
+    let (tallies, seconds) = gather(plan, threads, total, &delivered, t0)?;
+    Ok(Report { delivered: total, seconds, latency: merged(&tallies)?, last_member: None })
+}
+
+/// Groups of `members`: the first member sends, the others receive.
+fn fanout(plan: &Plan, members: usize, window: usize) -> io::Result<Report> {
+    let mut all = users(plan, plan.pairs * members, Some(members))?.into_iter();
+    let pad = "x".repeat(plan.size);
+    let barrier = Arc::new(Barrier::new(plan.pairs * members + 1));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let pace = Pace::new(plan, start);
+    let mut threads = Vec::new();
+    for g in 0..plan.pairs {
+        let (mut sender, _) = all.next().ok_or_else(|| err("too few users"))?;
+        let gid = match &mut sender {
+            Link::Chat(c) => {
+                let r = c.request(&serde_json::json!({"msgid":8,"groupname":"bench","seq":0}))?;
+                r["groupid"]
+                    .as_u64()
+                    .and_then(|g| u32::try_from(g).ok())
+                    .ok_or_else(|| err(format!("create group: {r}")))?
+            }
+            Link::Redis(_) => g as u32,
+        };
+        for _ in 1..members {
+            let (mut member, _) = all.next().ok_or_else(|| err("too few users"))?;
+            if let Link::Chat(c) = &mut member {
+                let r = c.request(&serde_json::json!({"msgid":9,"groupid":gid,"seq":0}))?;
+                if r["errno"] != 0 {
+                    return Err(err(format!("join group: {r}")));
+                }
+            }
+            let (barrier, messages) = (barrier.clone(), plan.messages);
+            let mut count = Counter { shared: delivered.clone(), local: 0 };
+            threads.push(spawn(move || {
+                let mut tally = Tally::new()?;
+                tally.by_msg = vec![0; messages];
+                barrier.wait();
+                for _ in 0..messages {
+                    let d = member.delivery()?;
+                    tally.record(start, d)?;
+                    let us = (start.elapsed().as_micros() as u64).saturating_sub(d.sent_us);
+                    if let Some(slot) = tally.by_msg.get_mut(d.n) {
+                        *slot = us;
+                    }
+                    count.tick();
+                }
+                Ok(tally)
+            })?);
+        }
+        let (barrier, pad, messages) = (barrier.clone(), pad.clone(), plan.messages);
+        threads.push(spawn(move || {
+            barrier.wait();
+            let now = || start.elapsed().as_micros() as u64;
+            send_windowed(&mut sender, messages, window, pace, |s, n| s.group(gid, &body(now(), n, &pad), Some(n)))?;
+            Tally::new()
+        })?);
+    }
+    let total = (plan.pairs * (members - 1) * plan.messages) as u64;
+    barrier.wait();
+    let t0 = Instant::now();
+    let (tallies, seconds) = gather(plan, threads, total, &delivered, t0)?;
+    // Time to the last member, per message: members of one group are contiguous in `tallies`.
+    let mut last_member = histogram()?;
+    for group in tallies.chunks(members) {
+        for n in 0..plan.messages {
+            let last = group.iter().filter_map(|t| t.by_msg.get(n)).max().copied().unwrap_or(0);
+            last_member.record(last).map_err(|e| err(e.to_string()))?;
+        }
+    }
+    Ok(Report { delivered: total, seconds, latency: merged(&tallies)?, last_member: Some(last_member) })
+}
+
+/// The open-file limit of this process (soft, hard), from `getrlimit`.
+pub fn open_file_limit() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0).then_some((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Resident memory of a process in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / hz as f64))
+}
+
+/// One idle client process's share: `count` users, each registered, logged in and then left
+/// alone, connecting from `source` so one process is not bounded by one address's ephemeral
+/// ports. Returns the open connections; the caller holds them.
+pub fn idle_share(addr: &str, source: std::net::Ipv4Addr, tag: &str, count: usize) -> io::Result<Vec<TcpStream>> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let target: std::net::SocketAddr = addr.parse().map_err(|e| err(format!("{addr}: {e}")))?;
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.bind(&SockAddr::from(std::net::SocketAddr::from((source, 0))))?;
+        socket.connect(&SockAddr::from(target))?;
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut c = ChatLink::from_stream(stream)?;
+        c.sign_up(&format!("{tag}-{i}"), "idle")?;
+        held.push(c.into_stream());
+    }
+    Ok(held)
+}
