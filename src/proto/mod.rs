@@ -1,6 +1,7 @@
 //! The wire protocol of PROTOCOL.md: framing, requests, replies and error numbers.
 //!
-//! Bytes flow `codec::Decoder` (where does one JSON value end?) → `serde_json` (parse it) →
+//! Bytes flow `codec::Decoder` (where does one JSON value end?) → `request::parse` (a chat
+//! request straight to its fields, anything else to a `serde_json::Value`) →
 //! `request::parse_envelope` / `parse_body` (what is asked?) → the service; answers come back
 //! as bytes from `reply`, each a compact JSON object and one `\n`.
 

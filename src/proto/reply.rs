@@ -193,9 +193,13 @@ pub fn chat(c: &Chat<'_>) -> Arc<str> {
     };
     let wire =
         Wire { msgid: msgid.code(), id: c.from, name: c.name, toid, groupid, msg: c.msg, time: c.time, ts: c.ts };
-    let mut s = serde_json::to_string(&wire).unwrap_or_default();
-    s.push('\n');
-    Arc::from(s)
+    // Sized for the message, escapes aside, so the encoding rarely reallocates.
+    let mut out = Vec::with_capacity(c.msg.len() + c.name.len() + c.time.len() + 96);
+    if serde_json::to_writer(&mut out, &wire).is_err() {
+        out.clear(); // unreachable: these fields always serialize
+    }
+    out.push(b'\n');
+    Arc::from(String::from_utf8(out).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
@@ -22,6 +23,20 @@ pub fn format_utc(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
+/// Runs `f` with `format_utc(ms)`, formatted once per second per thread: every message that
+/// comes without a `time` needs the current one.
+pub fn with_utc<R>(ms: u64, f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    LAST.with_borrow_mut(|(secs, text)| {
+        if *secs != ms / 1000 {
+            (*secs, *text) = (ms / 1000, format_utc(ms));
+        }
+        f(text)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -29,5 +44,7 @@ mod tests {
         assert_eq!(super::format_utc(0), "1970-01-01 00:00:00");
         assert_eq!(super::format_utc(1_767_261_600_000), "2026-01-01 10:00:00");
         assert_eq!(super::format_utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(super::with_utc(1_767_261_600_999, str::to_owned), "2026-01-01 10:00:00");
+        assert_eq!(super::with_utc(1_767_261_601_000, str::to_owned), "2026-01-01 10:00:01");
     }
 }

@@ -1,23 +1,25 @@
 //! The reactor half of request handling: validate, check the session, take the fast path or
 //! hand a job to the pool. Reactor thread only; nothing here blocks.
 
-use serde_json::Value;
-
 use super::{now_ms, Delivery, Effects, Job, JobKind, Service, Session};
 use crate::proto::reply::{self, Chat, Target};
-use crate::proto::request::{parse_body, parse_envelope, Envelope};
+use crate::proto::request::{parse_body, parse_envelope, Envelope, Parsed};
 use crate::proto::{Errno, MsgId, Request};
 
 impl Service {
     /// Handles one request of the connection at `here`. Replies and deliveries go to `fx`; a
     /// returned job must finish before the connection's next request is handled.
-    pub fn handle(&self, session: &mut Session, frame: Value, fx: &mut Effects) -> Option<Job> {
-        let Envelope { msgid, seq, fields } = match parse_envelope(frame) {
-            Ok(env) => env,
-            Err(rejection) => {
-                fx.replies.push(reply::rejection(&rejection));
-                return None;
-            }
+    pub fn handle(&self, session: &mut Session, frame: Parsed, fx: &mut Effects) -> Option<Job> {
+        // A body that is still a map of fields is parsed below, after the session check.
+        let (msgid, seq, body) = match frame {
+            Parsed::Chat { msgid, seq, req } => (msgid, seq, Ok(req)),
+            Parsed::General(value) => match parse_envelope(value) {
+                Ok(Envelope { msgid, seq, fields }) => (msgid, seq, Err(fields)),
+                Err(rejection) => {
+                    fx.replies.push(reply::rejection(&rejection));
+                    return None;
+                }
+            },
         };
         let fail = |fx: &mut Effects, errno: Errno, errmsg: &str| {
             fx.replies.push(reply::error(Some(msgid.code().into()), seq.as_ref(), errno, errmsg));
@@ -27,7 +29,7 @@ impl Service {
         if session.user.is_none() && !anonymous {
             return fail(fx, Errno::NotLoggedIn, Errno::NotLoggedIn.message());
         }
-        let req = match parse_body(msgid, fields, self.limits) {
+        let req = match body.or_else(|fields| parse_body(msgid, fields, self.limits)) {
             Ok(req) => req,
             Err((errno, errmsg)) => return fail(fx, errno, &errmsg),
         };
@@ -61,9 +63,12 @@ impl Service {
         };
         let chat = |to: Target, msg: &str, time: Option<String>| {
             let ts = now_ms();
-            // A canonical client reads `time` unconditionally: supply the server's when absent.
-            let time = time.unwrap_or_else(|| super::format_utc(ts));
-            reply::chat(&Chat { from: me.id, name: &me.name, to, msg, time: &time, ts })
+            let encode = |time: &str| reply::chat(&Chat { from: me.id, name: &me.name, to, msg, time, ts });
+            match time {
+                Some(time) => encode(&time),
+                // A canonical client reads `time` unconditionally: supply the server's when absent.
+                None => super::with_utc(ts, encode),
+            }
         };
         let kind = match req {
             Request::Login { .. } => return fail(fx, Errno::AlreadyOnline, Errno::AlreadyOnline.message()),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-pub use clock::{format_utc, now_ms};
+pub use clock::{format_utc, now_ms, with_utc};
 pub use password::{HashError, Hasher};
 
 pub use presence::{Loc, Presence};
@@ -182,6 +182,10 @@ impl Service {
 
     pub fn presence(&self) -> &Presence {
         &self.presence
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     pub fn bus(&self) -> &dyn Bus {

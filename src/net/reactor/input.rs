@@ -4,11 +4,10 @@
 use std::io::{self, Read};
 use std::mem;
 
-use serde_json::Value;
-
 use super::{Phase, Reactor, LINGER_LIMIT, READ_BUDGET};
 use crate::net::conn::State;
 use crate::proto::codec::{Decoded, FrameError};
+use crate::proto::request::{self, Parsed};
 use crate::proto::Errno;
 
 impl Reactor {
@@ -120,8 +119,8 @@ impl Reactor {
                 Ok(Decoded::Frame { start, end }) => {
                     let frame = &data[used + start..used + end];
                     used += end;
-                    match serde_json::from_slice::<Value>(frame) {
-                        Ok(value) => self.dispatch(key, value),
+                    match request::parse(frame, self.service.limits()) {
+                        Ok(parsed) => self.dispatch(key, parsed),
                         Err(_) => {
                             self.reject_stream(key, Errno::BadRequest, "bad request: not JSON");
                             return data.len();
@@ -138,9 +137,9 @@ impl Reactor {
         }
     }
 
-    fn dispatch(&mut self, key: usize, value: Value) {
+    fn dispatch(&mut self, key: usize, parsed: Parsed) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let job = self.service.handle(&mut conn.session, value, &mut self.fx);
+        let job = self.service.handle(&mut conn.session, parsed, &mut self.fx);
         let ended = self.fx.ended.take();
         self.apply_effects(key);
         if let Some(user) = ended {
