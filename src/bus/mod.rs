@@ -48,6 +48,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     }
     /// Whether `user` is online on another node (for friend and member states).
     fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError>;
+    /// Whether this node is the only one: then every change to the data passes through it, and
+    /// it may cache what it read (group members) without hearing from other nodes.
+    fn sole_node(&self) -> bool {
+        false
+    }
     /// Starts receiving messages for this node's users.
     fn start(&self, _inbox: Inbox) -> std::io::Result<()> {
         Ok(())
@@ -75,5 +80,9 @@ impl Bus for LocalBus {
 
     fn online_elsewhere(&self, _user: UserId) -> Result<bool, BusError> {
         Ok(false)
+    }
+
+    fn sole_node(&self) -> bool {
+        true
     }
 }

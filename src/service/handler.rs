@@ -1,10 +1,13 @@
 //! The reactor half of request handling: validate, check the session, take the fast path or
 //! hand a job to the pool. Reactor thread only; nothing here blocks.
 
+use std::sync::Arc;
+
 use super::{now_ms, Delivery, Effects, Job, JobKind, Service, Session};
 use crate::proto::reply::{self, Chat, Target};
 use crate::proto::request::{parse_body, parse_envelope, Envelope, Parsed};
 use crate::proto::{Errno, MsgId, Request};
+use crate::{GroupId, UserId};
 
 impl Service {
     /// Handles one request of the connection at `here`. Replies and deliveries go to `fx`; a
@@ -95,9 +98,35 @@ impl Service {
             Request::CreateGroup { name, desc, .. } => JobKind::CreateGroup { me: me.id, name, desc },
             Request::AddGroup { groupid, .. } => JobKind::AddGroup { me: me.id, groupid },
             Request::GroupChat { groupid, msg, time, .. } => {
-                JobKind::GroupChat { me: me.id, groupid, msg: chat(Target::Group(groupid), &msg, time) }
+                let msg = chat(Target::Group(groupid), &msg, time);
+                if self.deliver_to_group_here(me.id, groupid, &msg, fx) {
+                    return ack(fx);
+                }
+                JobKind::GroupChat { me: me.id, groupid, msg }
             }
         };
         Some(Job { seq, kind })
+    }
+
+    /// The group fast path: when the member list is cached and every other member is live on
+    /// this node, the message goes out from the reactor, as a one-to-one message to a live user
+    /// does; pipelined messages then reach each member in one write. Otherwise (`false`) the
+    /// pool reads the members, routes to other nodes and stores for offline members.
+    fn deliver_to_group_here(&self, me: UserId, group: GroupId, msg: &Arc<str>, fx: &mut Effects) -> bool {
+        let Some(members) = self.groups.as_ref().and_then(|g| g.members(group)) else { return false };
+        if !members.contains(&me) {
+            return false; // the pool gives the error
+        }
+        let start = fx.deliveries.len();
+        for &user in members.iter().filter(|&&m| m != me) {
+            match self.presence.get(user) {
+                Some(to) => fx.deliveries.push(Delivery { to, user, msg: msg.clone() }),
+                None => {
+                    fx.deliveries.truncate(start);
+                    return false;
+                }
+            }
+        }
+        true
     }
 }

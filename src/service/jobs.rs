@@ -99,13 +99,22 @@ impl Service {
                 }
                 JobKind::CreateGroup { me, name, desc } => ok(Some(self.store.create_group(me, &name, &desc)?)),
                 JobKind::AddGroup { me, groupid } => match self.store.join_group(groupid, me)? {
-                    true => ok(None),
+                    true => {
+                        if let Some(cache) = &self.groups {
+                            cache.invalidate(groupid);
+                        }
+                        ok(None)
+                    }
                     false => error(Errno::NoSuchGroup, Errno::NoSuchGroup.message()),
                 },
                 JobKind::GroupChat { me, groupid, msg } => {
+                    let generation = self.groups.as_ref().map(|g| g.generation());
                     let Some(members) = self.store.group_members(groupid)? else {
                         return Ok(error(Errno::NoSuchGroup, Errno::NoSuchGroup.message()));
                     };
+                    if let (Some(cache), Some(generation)) = (&self.groups, generation) {
+                        cache.fill(groupid, &members, generation);
+                    }
                     if !members.contains(&me) {
                         return Ok(error(Errno::NotMember, Errno::NotMember.message()));
                     }

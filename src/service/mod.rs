@@ -7,6 +7,7 @@
 //! reactor, which holds the connection's later requests until then (per-connection order).
 
 mod clock;
+mod groups;
 mod handler;
 mod jobs;
 mod mailbox;
@@ -37,6 +38,8 @@ pub struct Service {
     bus: Box<dyn Bus>,
     presence: Arc<Presence>,
     mailboxes: mailbox::Mailboxes,
+    /// Group members in memory; only on a sole node (see `groups.rs`).
+    groups: Option<groups::GroupCache>,
     hasher: Hasher,
     limits: Limits,
     mailbox_cap: usize,
@@ -172,6 +175,7 @@ impl Service {
         Ok(Service {
             mailboxes: mailbox::Mailboxes::start(lanes, store.clone(), presence.clone())?,
             store,
+            groups: bus.sole_node().then(groups::GroupCache::default),
             bus,
             presence,
             hasher: Hasher::new(config.hash).map_err(std::io::Error::other)?,
