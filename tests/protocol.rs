@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{decoded, TestServer};
+use support::{decoded, Client, TestServer};
 
 const QUIET: Duration = Duration::from_millis(200);
 
@@ -146,6 +146,38 @@ fn friends_are_symmetric_with_states() {
     b.logout();
     let ack = b.login_ok(idb, "pw");
     assert_eq!(decoded(&ack, "friends"), vec![json!({"id":ida,"name":"alice","state":"offline"})]);
+}
+
+/// Group messages take the fast path once the member list is known; a join must reach it
+/// (the next message includes the new member) and an offline member must send it back to the
+/// pool (the message is stored, not skipped).
+#[test]
+fn group_messages_follow_joins_and_members_going_offline() {
+    let s = TestServer::start();
+    let (mut a, ida) = s.user("alice");
+    let (mut b, idb) = s.user("bob");
+    let (mut c, idc) = s.user("carol");
+    let gid = a.request(json!({"msgid":8,"id":ida,"groupname":"g","seq":1}))["groupid"].as_u64().unwrap();
+    assert_eq!(b.request(json!({"msgid":9,"id":idb,"groupid":gid,"seq":2}))["errno"], 0);
+    let say = |a: &mut Client, text: &str| {
+        let r = a.request(json!({"msgid":10,"id":ida,"groupid":gid,"msg":text,"seq":text}));
+        assert_eq!(r["errno"], 0, "{r}");
+    };
+    say(&mut a, "m1");
+    say(&mut a, "m2");
+    assert_eq!((b.recv()["msg"].clone(), b.recv()["msg"].clone()), (json!("m1"), json!("m2")));
+    assert_eq!(c.request(json!({"msgid":9,"id":idc,"groupid":gid,"seq":3}))["errno"], 0);
+    say(&mut a, "m3");
+    assert_eq!(b.recv()["msg"], "m3");
+    assert_eq!(c.recv()["msg"], "m3");
+    c.logout();
+    say(&mut a, "m4");
+    assert_eq!(b.recv()["msg"], "m4");
+    assert_eq!(decoded(&c.login_ok(idc, "pw"), "offlinemsg")[0]["msg"], "m4");
+    say(&mut a, "m5");
+    assert_eq!(b.recv()["msg"], "m5");
+    assert_eq!(c.recv()["msg"], "m5");
+    c.expect_silence(QUIET);
 }
 
 #[test]

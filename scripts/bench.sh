@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Benchmarks the chat server against its two baselines in one run and writes BENCHMARKS.md:
+#   the bare relay (`chatbench relay`: the same transport without the chat; what the machine allows)
+#   and Redis pub/sub used as a chat relay (what many would pick instead).
+# Everything runs privately on free loopback ports under one temp dir, and is stopped at exit.
+#   scripts/bench.sh [OUTPUT]        (default OUTPUT: BENCHMARKS.md)
+# Knobs (environment): PAIRS, BIG_PAIRS, MESSAGES, FLOOD_MESSAGES, MEMBERS, FANOUT_MESSAGES,
+# IDLE (sessions held; default: as many as the server's open-file limit allows).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-BENCHMARKS.md}
+PAIRS=${PAIRS:-100}
+BIG_PAIRS=${BIG_PAIRS:-1000}
+MESSAGES=${MESSAGES:-2000}
+FLOOD_MESSAGES=${FLOOD_MESSAGES:-40000}
+MEMBERS=${MEMBERS:-1000}
+FANOUT_MESSAGES=${FANOUT_MESSAGES:-2000}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || { echo "bench.sh: redis-server is missing" >&2; exit 1; }
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+cargo build --release --locked --bins -q
+
+dir=$(mktemp -d /tmp/chat-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
+# Starts a program that prints "listening on ADDR"; sets $addr and $pid.
+start_listening() {
+    local log=$1
+    shift
+    "$@" >"$log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 1 100); do
+        addr=$(sed -n 's/^listening on //p' "$log")
+        [ -n "$addr" ] && return 0
+        sleep 0.1
+    done
+    echo "bench.sh: the program logging to $log did not start:" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+bench=target/release/chatbench
+# The server's password hash is made cheap here: logins are set-up, not what is measured
+# (the idle scenario reports logins/s with this cost; the default cost is about 20 ms each).
+start_listening "$dir/chat.log" target/release/chatserver --listen 127.0.0.1:0 --store "sqlite:$dir/chat.db" \
+    --hash-memory-kib 256 --hash-iterations 1
+chat_addr=$addr chat_pid=$pid
+start_listening "$dir/relay.log" "$bench" relay --listen 127.0.0.1:0 --threads "$(nproc)"
+relay_addr=$addr relay_pid=$pid
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+    --logfile "$dir/redis.log" &
+pids+=($!)
+redis_pid=$!
+for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break
+    sleep 0.1
+done
+redis_addr=127.0.0.1:$redis_port
+
+# run NAME TARGET ADDR PID ARGS...: one chatbench run, its JSON line kept in $dir/NAME.json.
+run() {
+    local name=$1 target=$2 addr=$3 pid=$4
+    shift 4
+    echo "== $name" >&2
+    "$bench" "$@" --target "$target" --addr "$addr" --pid "$pid" --json >"$dir/$name.json"
+    cat "$dir/$name.json" >&2
+}
+field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$dir/$1.json"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "–" }'; }
+rate() { awk -v r="$(field "$1" rate)" 'BEGIN { printf "%.0f", r }'; }
+cpu() { awk -v c="$(field "$1" server_cpu_us_per_msg)" 'BEGIN { printf "%.2f", c }'; }
+
+for sys in chat:$chat_addr:$chat_pid relay:$relay_addr:$relay_pid redis:$redis_addr:$redis_pid; do
+    IFS=: read -r name host port pid <<<"$sys"
+    target=chat
+    [ "$name" = redis ] && target=redis
+    # Warm-up: first runs pay for page faults and cold caches.
+    run "warm-$name" $target "$host:$port" "$pid" flood --pairs 20 --messages 5000
+    run "pingpong-$name" $target "$host:$port" "$pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES"
+    run "pingpong1k-$name" $target "$host:$port" "$pid" pingpong --pairs "$BIG_PAIRS" \
+        --messages $((MESSAGES * PAIRS / BIG_PAIRS))
+    run "flood-$name" $target "$host:$port" "$pid" flood --pairs 50 --messages "$FLOOD_MESSAGES" --window 64
+    if [ "$name" != relay ]; then # the relay has no groups
+        run "fanout-$name" $target "$host:$port" "$pid" fanout --pairs 1 --members "$MEMBERS" \
+            --messages "$FANOUT_MESSAGES" --window 16
+    fi
+done
+# Latency at half of the chat server's peak pingpong rate.
+half=$(awk -v r="$(field pingpong-chat rate)" 'BEGIN { printf "%.0f", r / 2 }')
+run "half-chat" chat "$chat_addr" "$chat_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
+run "half-redis" redis "$redis_addr" "$redis_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
+
+# Idle sessions, on a fresh node (memory freed by the runs above would hide what sessions cost):
+# as many as its open-file limit allows, less a margin.
+kill "$chat_pid"
+start_listening "$dir/idle.log" target/release/chatserver --listen 127.0.0.1:0 --store "sqlite:$dir/idle.db" \
+    --hash-memory-kib 256 --hash-iterations 1
+chat_addr=$addr chat_pid=$pid
+limit=$(awk '/Max open files/ { print $4 }' "/proc/$chat_pid/limits")
+IDLE=${IDLE:-$((limit - 100))}
+echo "== idle $IDLE" >&2
+"$bench" idle --addr "$chat_addr" --connections "$IDLE" --procs $(((IDLE + 4999) / 5000)) --pid "$chat_pid" \
+    --json >"$dir/idle.json"
+cat "$dir/idle.json" >&2
+
+row() { # row LABEL NAME: throughput, latency and CPU of chat, relay and Redis, and the ratios
+    local label=$1 n=$2 relay=– redis=– vs_relay=– vs_redis=–
+    [ -f "$dir/$n-relay.json" ] && relay=$(rate "$n-relay") && vs_relay=$(ratio "$(rate "$n-chat")" "$relay")
+    [ -f "$dir/$n-redis.json" ] && redis=$(rate "$n-redis") && vs_redis=$(ratio "$(rate "$n-chat")" "$redis")
+    echo "| $label | $(rate "$n-chat") | $relay | $redis | $vs_relay | $vs_redis |"
+}
+lat() { # lat LABEL NAME
+    echo "| $1 | $(field "$2" p50_us) | $(field "$2" p99_us) | $(field "$2" p999_us) | $(field "$2" max_us) | $(cpu "$2") |"
+}
+{
+    echo "# Benchmarks"
+    echo
+    echo "Written by \`scripts/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) cores"
+    echo "($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(uname -sr)."
+    echo "The load generator runs on the same cores as the server, and every figure comes from this one"
+    echo "run: compare the ratios, not the absolute numbers, across machines."
+    echo
+    echo "- **chat**: \`chatserver\`, one node, SQLite store, $(nproc) reactors."
+    echo "- **relay**: \`chatbench relay\`, the same transport (reactors, codec, output queues,"
+    echo "  presence map, channel hops) without the chat: the limit."
+    echo "- **Redis**: \`redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')\` pub/sub as a chat relay"
+    echo "  (each user SUBSCRIBEs its channel and PUBLISHes to its partner's): the peer."
+    echo
+    echo "## Throughput (messages delivered per second)"
+    echo
+    echo "| scenario | chat | relay | Redis | chat / relay | chat / Redis |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    row "pingpong, $PAIRS pairs" pingpong
+    row "pingpong, $BIG_PAIRS pairs" pingpong1k
+    row "flood, 50 pairs, window 64" flood
+    row "fanout, 1 group of $MEMBERS, window 16" fanout
+    echo
+    echo "## Latency (one-way, µs) and server CPU (µs per message delivered)"
+    echo
+    echo "| run | p50 | p99 | p99.9 | max | CPU |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for n in pingpong pingpong1k flood fanout; do
+        for s in chat relay redis; do
+            [ -f "$dir/$n-$s.json" ] && lat "$n $s" "$n-$s"
+        done
+    done
+    lat "pingpong chat at $half msg/s (half of its peak)" half-chat
+    lat "pingpong Redis at $half msg/s" half-redis
+    echo
+    echo "Fanout, time until the last member has a message (µs): chat p50 $(field fanout-chat last_member_p50_us),"
+    echo "p99 $(field fanout-chat last_member_p99_us); Redis p50 $(field fanout-redis last_member_p50_us),"
+    echo "p99 $(field fanout-redis last_member_p99_us)."
+    echo
+    echo "## Idle sessions"
+    echo
+    echo "$(field idle sessions) logged-in sessions held on one node (its open-file limit: $limit), from"
+    echo "$(field idle procs) client processes: $(awk -v b="$(field idle server_bytes_per_session)" 'BEGIN { printf "%.0f", b }') bytes of server RSS per session"
+    echo "(server RSS $(field idle server_rss_kib) KiB in all), $(awk -v l="$(field idle logins_per_s)" 'BEGIN { printf "%.0f", l }') registrations + logins per second"
+    echo "with the password hash at 256 KiB / 1 pass (the default, 19 MiB / 2 passes, costs about 20 ms of"
+    echo "one core per login and per registration)."
+} >"$out"
+echo "bench.sh: wrote $out" >&2
