@@ -173,6 +173,20 @@ lat() { # lat LABEL NAME
     echo "p99 $(field fanout-chat last_member_p99_us); Redis p50 $(field fanout-redis last_member_p50_us),"
     echo "p99 $(field fanout-redis last_member_p99_us)."
     echo
+    echo "## Against the targets"
+    echo
+    met() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? v >= t : v <= t; print ok ? "met" : "**not met**" }'; }
+    pp=$(rate pingpong-chat) ppr=$(rate pingpong-relay) ppx=$(rate pingpong-redis)
+    echo "| target | measured | |"
+    echo "|---|---:|---|"
+    echo "| pingpong ≥ 0.7× the bare relay | $(ratio "$pp" "$ppr") | $(met "$(awk -v a="$pp" -v b="$ppr" 'BEGIN { print a / b }')" 0.7 ">=") |"
+    echo "| pingpong ≥ 1.5× Redis pub/sub | $(ratio "$pp" "$ppx") | $(met "$(awk -v a="$pp" -v b="$ppx" 'BEGIN { print a / b }')" 1.5 ">=") |"
+    echo "| pingpong p99 < 1 ms at half of peak | $(field half-chat p99_us) µs | $(met "$(field half-chat p99_us)" 999 "<=") |"
+    echo "| flood ≥ 300,000 msg/s | $(rate flood-chat) | $(met "$(rate flood-chat)" 300000 ">=") |"
+    echo "| fanout to 1,000 members ≥ 500,000 deliveries/s | $(rate fanout-chat) | $(met "$(rate fanout-chat)" 500000 ">=") |"
+    bytes=$(awk -v b="$(field idle server_bytes_per_session)" 'BEGIN { printf "%.0f", b }')
+    echo "| idle: ≤ 4 KiB of server memory per session | $bytes B | $(met "$bytes" 4096 "<=") |"
+    echo
     echo "## Idle sessions"
     echo
     echo "$(field idle sessions) logged-in sessions held on one node (its open-file limit: $limit), from"

@@ -50,7 +50,7 @@ pub struct Plan {
     pub messages: usize,
     pub scenario: Scenario,
     pub size: usize,
-    /// Messages per second in total, spread over the senders; `None`: as fast as possible.
+    /// Messages delivered per second in total, paced by the senders; `None`: as fast as possible.
     pub rate: Option<f64>,
     /// Draw progress bars on stderr (when it is a terminal).
     pub progress: bool,
@@ -152,16 +152,31 @@ fn users(plan: &Plan, count: usize, groups_of: Option<usize>) -> io::Result<Vec<
 struct Pace {
     start: Instant,
     every: Option<Duration>,
+    /// This sender's offset within one interval, so senders do not all fire at once.
+    phase: f64,
 }
 
 impl Pace {
     fn new(plan: &Plan, start: Instant) -> Pace {
+        // `rate` counts deliveries: a pingpong send is answered (two), a group message reaches
+        // every other member.
+        let per_send = match plan.scenario {
+            Scenario::PingPong => 2.0,
+            Scenario::Flood { .. } => 1.0,
+            Scenario::Fanout { members, .. } => members.saturating_sub(1).max(1) as f64,
+        };
         let senders = plan.pairs as f64;
-        Pace { start, every: plan.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(senders / r)) }
+        let every = plan.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(senders * per_send / r));
+        Pace { start, every, phase: 0.0 }
+    }
+
+    /// The pace of sender `k` of `n`: the same rate, its own slot within each interval.
+    fn for_sender(self, k: usize, n: usize) -> Pace {
+        Pace { phase: k as f64 / n.max(1) as f64, ..self }
     }
 
     fn due_at(&self, n: usize) -> Option<Instant> {
-        self.every.map(|every| self.start + every.mul_f64(n as f64))
+        self.every.map(|every| self.start + every.mul_f64(n as f64 + self.phase))
     }
 
     fn due(&self, n: usize) -> bool {
@@ -262,7 +277,10 @@ pub fn run(plan: &Plan) -> io::Result<Report> {
     let mut threads = Vec::new();
     let mut users = users.into_iter();
     let pingpong = plan.scenario == Scenario::PingPong;
+    let mut k = 0;
     while let (Some((mut a, ida)), Some((mut b, idb))) = (users.next(), users.next()) {
+        let pace = pace.for_sender(k, plan.pairs);
+        k += 1;
         let (messages, pad2) = (plan.messages, pad.clone());
         let (barrier2, mut count) = (barrier.clone(), Counter { shared: delivered.clone(), local: 0 });
         // Receiver: counts, measures, and in pingpong answers.
@@ -322,6 +340,7 @@ fn fanout(plan: &Plan, members: usize, window: usize) -> io::Result<Report> {
     let pace = Pace::new(plan, start);
     let mut threads = Vec::new();
     for g in 0..plan.pairs {
+        let pace = pace.for_sender(g, plan.pairs);
         let (mut sender, _) = all.next().ok_or_else(|| err("too few users"))?;
         let gid = match &mut sender {
             Link::Chat(c) => {

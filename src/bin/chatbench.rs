@@ -53,7 +53,7 @@ struct Args {
     /// Bytes of padding per message.
     #[arg(long, default_value_t = 32)]
     size: usize,
-    /// Messages per second in total, paced over the senders (default: as fast as possible).
+    /// Messages delivered per second in total, paced by the senders (default: as fast as possible).
     #[arg(long)]
     rate: Option<f64>,
     /// relay: address to listen on.
