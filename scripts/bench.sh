@@ -32,16 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
+. scripts/lib.sh
 
 # Starts a program that prints "listening on ADDR"; sets $addr and $pid.
 start_listening() {

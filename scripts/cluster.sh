@@ -8,17 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pointer="${XDG_RUNTIME_DIR:-/tmp}/chat-cluster.dir"
 
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        # A refused connection means nobody listens there.
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
+. scripts/lib.sh
 
 wait_port() {
     local port=$1 what=$2
