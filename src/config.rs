@@ -39,6 +39,19 @@ impl Default for HashCost {
     }
 }
 
+impl Config {
+    /// Threads that write offline mailboxes, each in order (see `service/mailbox.rs`).
+    pub fn mailbox_lanes(&self) -> usize {
+        self.pool_threads.div_ceil(2).max(1)
+    }
+
+    /// Store connections the node can use at once: one per pool thread and mailbox lane, so
+    /// none of them waits for another to give a connection back.
+    pub fn store_connections(&self) -> usize {
+        self.pool_threads + self.mailbox_lanes()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

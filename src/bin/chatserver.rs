@@ -85,7 +85,7 @@ fn run(args: Args) -> Result<(), String> {
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         ..defaults
     };
-    let store = chat::store::open(&args.store, config.pool_threads).map_err(|e| format!("--store {e}"))?;
+    let store = chat::store::open(&args.store, config.store_connections()).map_err(|e| format!("--store {e}"))?;
     let bus: Box<dyn Bus> = match args.bus.as_str() {
         "local" => Box::new(LocalBus),
         url if url.starts_with("redis://") => {

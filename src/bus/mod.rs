@@ -46,6 +46,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn route_async(&self, user: UserId, msg: Arc<str>, done: RouteDone) {
         done(self.route(user, &msg));
     }
+    /// Asks the node where `user` is live, if another, to have the session fetch its mailbox:
+    /// something was stored for it after it may have taken the mailbox at login.
+    fn poke(&self, _user: UserId) -> Result<(), BusError> {
+        Ok(())
+    }
     /// Whether `user` is online on another node (for friend and member states).
     fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError>;
     /// Whether this node is the only one: then every change to the data passes through it, and

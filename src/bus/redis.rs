@@ -6,6 +6,8 @@
 //!   atomically. Logout deletes it only if it is still this node's.
 //! - Routing is one round trip: a script reads the owner, publishes to its channel and returns
 //!   the receiver count; no owner or no receiver means "store offline" (a stale key is dropped).
+//! - A node that stored a message for a user live on another node publishes the user id alone
+//!   to that node's channel: the session there fetches its mailbox again (`poke`).
 //!
 //! Calls block and run on the pool; a dedicated subscriber thread hands what arrives to the node
 //! through [`Inbox`].
@@ -46,6 +48,11 @@ if not owner then return 0 end
 local n = redis.call('PUBLISH', 'node:' .. owner, ARGV[1])
 if n == 0 and redis.call('GET', KEYS[1]) == owner then redis.call('DEL', KEYS[1]) end
 return n";
+/// A node channel's payload is `{user} {message}`, or `{user}` alone: fetch the mailbox.
+const POKE: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return redis.call('PUBLISH', 'node:' .. owner, ARGV[2]) end
+return 0";
 
 impl From<redis::RedisError> for BusError {
     fn from(e: redis::RedisError) -> Self {
@@ -62,7 +69,7 @@ pub struct RedisBus {
     node: String,
     /// Idle command connections, reused across pool threads.
     idle: Mutex<Vec<Connection>>,
-    scripts: [Script; 4],
+    scripts: [Script; 5],
     stop: Arc<AtomicBool>,
     subscriber: Mutex<Option<JoinHandle<()>>>,
     /// Routes queued for the publisher thread, which pipelines them.
@@ -156,7 +163,13 @@ impl RedisBus {
             client,
             node: node.to_owned(),
             idle: Mutex::new(vec![con]),
-            scripts: [Script::new(CLAIM), Script::new(TAKE_OVER), Script::new(RELEASE), Script::new(ROUTE)],
+            scripts: [
+                Script::new(CLAIM),
+                Script::new(TAKE_OVER),
+                Script::new(RELEASE),
+                Script::new(ROUTE),
+                Script::new(POKE),
+            ],
             stop: Arc::new(AtomicBool::new(false)),
             subscriber: Mutex::new(None),
             publisher: Mutex::new(None),
@@ -229,6 +242,12 @@ impl Bus for RedisBus {
                 done(self.route(user, &msg)); // not started: route in place
             }
         }
+    }
+
+    fn poke(&self, user: UserId) -> Result<(), BusError> {
+        let key = presence_key(user);
+        self.with(|c| self.scripts[4].key(&key).arg(&self.node).arg(user).invoke::<i64>(c))?;
+        Ok(())
     }
 
     fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError> {
@@ -324,9 +343,11 @@ fn subscribe(
         };
         let payload: Vec<u8> = msg.get_payload()?;
         let text = String::from_utf8_lossy(&payload);
-        match text.split_once(' ').and_then(|(u, m)| Some((u.parse::<UserId>().ok()?, m))) {
-            Some((user, m)) => (inbox.deliver)(user, Arc::from(m)),
-            None => log::warn!("redis bus: malformed message on node:{node}"),
+        let (user, m) = text.split_once(' ').map_or((&*text, None), |(u, m)| (u, Some(m)));
+        match (user.parse::<UserId>(), m) {
+            (Ok(user), Some(m)) => (inbox.deliver)(user, Arc::from(m)),
+            (Ok(user), None) => (inbox.drain)(user),
+            (Err(_), _) => log::warn!("redis bus: malformed message on node:{node}"),
         }
     }
     Ok(())

@@ -102,4 +102,8 @@ impl Outlet for Router {
     fn drain(&self, to: Loc, user: UserId) {
         self.send(to.reactor, Msg::Drain { to, user });
     }
+
+    fn evict(&self, to: Loc) {
+        self.send(to.reactor, Msg::Evict { to });
+    }
 }

@@ -79,7 +79,7 @@ impl Service {
             Request::Logout { .. } => {
                 session.user = None;
                 fx.ended = Some(me.id);
-                return ack(fx);
+                JobKind::Logout { user: me.id }
             }
             Request::OneChat { toid, msg, time, .. } => {
                 let msg = chat(Target::User(toid), &msg, time);

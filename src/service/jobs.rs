@@ -28,9 +28,10 @@ impl Job {
 }
 
 impl JobKind {
-    /// Whether this job answers a client request (as opposed to internal work).
-    pub fn is_request(&self) -> bool {
-        self.request().is_some()
+    /// Whether it answers a client and may be refused (errno 10) when the pool is overloaded.
+    /// Not a logout: its session has already ended here, and the bus claim must go with it.
+    pub fn sheddable(&self) -> bool {
+        self.request().is_some() && !matches!(self, JobKind::Logout { .. })
     }
 
     fn request(&self) -> Option<MsgId> {
@@ -42,6 +43,7 @@ impl JobKind {
             JobKind::CreateGroup { .. } => MsgId::CreateGroup,
             JobKind::AddGroup { .. } => MsgId::AddGroup,
             JobKind::GroupChat { .. } => MsgId::GroupChat,
+            JobKind::Logout { .. } => MsgId::Logout,
             JobKind::Drain { .. } | JobKind::Offline { .. } => return None,
         })
     }
@@ -131,9 +133,16 @@ impl Service {
                     Outcome { reply: None, effect: Effect::Drained { user, msgs: self.store.take_offline(user)? } }
                 }
                 JobKind::Offline { user } => {
-                    self.bus.release(user)?;
-                    self.store.set_state(user, false)?;
+                    self.go_offline(user, outlet)?;
                     Outcome::default()
+                }
+                JobKind::Logout { user } => {
+                    // The session has ended here whatever the bus says; a claim left behind
+                    // is dropped by the first route that finds no session for it.
+                    if let Err(Unavailable) = self.go_offline(user, outlet) {
+                        log::warn!("user {user}: logged out with the bus claim or state not cleared");
+                    }
+                    ok(None)
                 }
             })
         })();
@@ -188,6 +197,23 @@ impl Service {
         result
     }
 
+    /// Releases the bus claim of a session that ended here and writes the state. The claim is
+    /// per node, so a new session of the user on this node may have claimed before this
+    /// release took it away: then it claims again and fetches what was stored meanwhile (or,
+    /// if another node claimed in between, its session here is the one to go).
+    fn go_offline(&self, user: UserId, outlet: &dyn Outlet) -> Result<(), Unavailable> {
+        if self.presence.get(user).is_some() {
+            return Ok(()); // live here again: the claim is its
+        }
+        self.bus.release(user)?;
+        match self.presence.get(user) {
+            None => self.store.set_state(user, false)?,
+            Some(loc) if self.bus.claim(user)? => outlet.drain(loc, user),
+            Some(loc) => outlet.evict(loc),
+        }
+        Ok(())
+    }
+
     fn is_online(&self, user: UserId) -> bool {
         self.presence.get(user).is_some() || self.bus.online_elsewhere(user).unwrap_or(false)
     }
@@ -204,15 +230,7 @@ impl Service {
         if !self.mailboxes.store(user, msg.clone(), self.mailbox_cap)? {
             return Ok(false);
         }
-        self.poke_if_online(user, outlet);
+        super::mailbox::poke_if_online(&self.presence, &*self.bus, outlet, user);
         Ok(true)
-    }
-
-    /// After storing: a user who logged in meanwhile may have taken the mailbox before the store,
-    /// so ask its session to take it again (invariant 3).
-    fn poke_if_online(&self, user: UserId, outlet: &dyn Outlet) {
-        if let Some(to) = self.presence.get(user) {
-            outlet.drain(to, user);
-        }
     }
 }

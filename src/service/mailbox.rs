@@ -11,6 +11,7 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 use parking_lot::Mutex;
 
 use super::{stored_form, Outlet, Presence};
+use crate::bus::Bus;
 use crate::store::{Store, StoreError, StoreResult};
 use crate::UserId;
 
@@ -38,20 +39,23 @@ impl std::fmt::Debug for Mailboxes {
 }
 
 impl Mailboxes {
-    pub(crate) fn start(lanes: usize, store: Arc<dyn Store>, presence: Arc<Presence>) -> std::io::Result<Mailboxes> {
+    pub(crate) fn start(
+        lanes: usize,
+        store: Arc<dyn Store>,
+        presence: Arc<Presence>,
+        bus: Arc<dyn Bus>,
+    ) -> std::io::Result<Mailboxes> {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         for i in 0..lanes.max(1) {
             let (tx, rx) = unbounded::<Write>();
-            let (store, presence) = (store.clone(), presence.clone());
+            let (store, presence, bus) = (store.clone(), presence.clone(), bus.clone());
             threads.push(std::thread::Builder::new().name(format!("mailbox-{i}")).spawn(move || {
                 for w in rx {
                     let stored: Vec<&str> = w.msgs.iter().map(|m| stored_form(m)).collect();
                     let result = store.store_offline(w.user, &stored, w.cap);
                     if let (Ok(true), Some(outlet)) = (&result, &w.poke) {
-                        if let Some(loc) = presence.get(w.user) {
-                            outlet.drain(loc, w.user);
-                        }
+                        poke_if_online(&presence, &*bus, &**outlet, w.user);
                     }
                     match (w.reply, result) {
                         (Some(reply), result) => drop(reply.send(result)),
@@ -98,6 +102,19 @@ impl Mailboxes {
         for t in self.threads.lock().drain(..) {
             if t.join().is_err() {
                 log::error!("a mailbox lane panicked");
+            }
+        }
+    }
+}
+
+/// After storing for `user`: a session that logged in meanwhile, here or on another node, may
+/// have taken its mailbox before the store, so ask it to take the mailbox again (invariant 3).
+pub(crate) fn poke_if_online(presence: &Presence, bus: &dyn Bus, outlet: &dyn Outlet, user: UserId) {
+    match presence.get(user) {
+        Some(loc) => outlet.drain(loc, user),
+        None => {
+            if let Err(e) = bus.poke(user) {
+                log::warn!("user {user}: stored messages wait for the next login: {e}");
             }
         }
     }

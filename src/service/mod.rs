@@ -35,7 +35,7 @@ use crate::{GroupId, UserId};
 #[derive(Debug)]
 pub struct Service {
     store: Arc<dyn Store>,
-    bus: Box<dyn Bus>,
+    bus: Arc<dyn Bus>,
     presence: Arc<Presence>,
     mailboxes: mailbox::Mailboxes,
     /// Group members in memory; only on a sole node (see `groups.rs`).
@@ -137,6 +137,11 @@ pub enum JobKind {
     Offline {
         user: UserId,
     },
+    /// A logout: as `Offline`, answered once the claim is gone, so a client that saw the
+    /// answer is offline on every node.
+    Logout {
+        user: UserId,
+    },
 }
 
 /// A job's result, for the reactor that submitted it.
@@ -165,15 +170,18 @@ pub trait Outlet {
     fn deliver(&self, d: Delivery);
     /// Asks the session at `to` to fetch its mailbox.
     fn drain(&self, to: Loc, user: UserId);
+    /// Closes the session at `to`: the user is live on another node.
+    fn evict(&self, to: Loc);
 }
 
 impl Service {
     pub fn new(store: Box<dyn Store>, bus: Box<dyn Bus>, config: &Config) -> std::io::Result<Service> {
         let store: Arc<dyn Store> = Arc::from(store);
+        let bus: Arc<dyn Bus> = Arc::from(bus);
         let presence = Arc::new(Presence::default());
-        let lanes = config.pool_threads.div_ceil(2);
+        let lanes = config.mailbox_lanes();
         Ok(Service {
-            mailboxes: mailbox::Mailboxes::start(lanes, store.clone(), presence.clone())?,
+            mailboxes: mailbox::Mailboxes::start(lanes, store.clone(), presence.clone(), bus.clone())?,
             store,
             groups: bus.sole_node().then(groups::GroupCache::default),
             bus,
@@ -199,9 +207,12 @@ impl Service {
     /// Ends a live session (logout, close, shutdown). `before` runs under the presence write
     /// lock, before the user stops being live: there the reactor hands everything already sent
     /// to the session to [`Service::spill`], ahead of whatever senders do once it is gone.
-    pub fn end_session(&self, user: UserId, here: Loc, before: impl FnOnce(), fx: &mut Effects) {
+    /// The bus claim is released in the background unless a logout job does it (`released`).
+    pub fn end_session(&self, user: UserId, here: Loc, before: impl FnOnce(), released: bool, fx: &mut Effects) {
         self.presence.remove_with(user, here, before);
-        fx.background.push(Job { seq: None, kind: JobKind::Offline { user } });
+        if !released {
+            fx.background.push(Job { seq: None, kind: JobKind::Offline { user } });
+        }
     }
 
     /// Stores messages that were accepted but could not be written to their session, in order

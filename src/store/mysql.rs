@@ -4,12 +4,16 @@
 use std::time::Duration;
 
 use mysql::prelude::{FromRow, Queryable};
-use mysql::{params::Params, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, TxOpts};
+use mysql::{params::Params, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts};
 
 use super::{GroupRecord, MemberRecord, Store, StoreError, StoreResult, UserRecord};
 use crate::{GroupId, UserId};
 
 const SCHEMA: &str = include_str!("../../schema.sql");
+/// Every read-then-write of a mailbox, from any node, first locks its owner's `User` row: one
+/// row lock taken first puts them in one order. Locking the mailbox rows themselves would take
+/// gap locks, which do not exclude each other, so two inserts could each wait for the other.
+const LOCK_MAILBOX: &str = "SELECT id FROM User WHERE id = ? FOR UPDATE";
 /// Network timeouts: a request needing a dead database fails with errno 10 instead of hanging.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -48,6 +52,28 @@ impl MysqlStore {
             conn.query_drop(statement)?;
         }
         Ok(store)
+    }
+
+    /// Runs `body` in a transaction and commits it; a transaction the server chose as a
+    /// deadlock victim (1213) or that waited too long for a lock (1205) is tried again, as the
+    /// server advises: both roll back whole.
+    fn transaction<T>(&self, mut body: impl FnMut(&mut Transaction<'_>) -> mysql::Result<T>) -> StoreResult<T> {
+        let mut conn = self.conn()?;
+        let mut attempt = 1;
+        loop {
+            let result = conn.start_transaction(TxOpts::default()).and_then(|mut tx| {
+                let value = body(&mut tx)?;
+                tx.commit()?;
+                Ok(value)
+            });
+            match result {
+                Err(mysql::Error::MySqlError(e)) if matches!(e.code, 1205 | 1213) && attempt < 3 => {
+                    log::warn!("store: {e}; trying again");
+                    attempt += 1;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     fn conn(&self) -> StoreResult<PooledConn> {
@@ -109,14 +135,18 @@ impl Store for MysqlStore {
     }
 
     fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.start_transaction(TxOpts::default())?;
-        tx.exec_drop("INSERT INTO AllGroup (groupname, groupdesc) VALUES (?, ?)", (name, desc))?;
-        let id =
-            tx.last_insert_id().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| StoreError("group id".into()))?;
-        tx.exec_drop("INSERT INTO GroupUser (groupid, userid, grouprole) VALUES (?, ?, ?)", (id, creator, role(true)))?;
-        tx.commit()?;
-        Ok(id)
+        let id = self.transaction(|tx| {
+            tx.exec_drop("INSERT INTO AllGroup (groupname, groupdesc) VALUES (?, ?)", (name, desc))?;
+            let id = tx.last_insert_id().and_then(|id| u32::try_from(id).ok());
+            if let Some(id) = id {
+                tx.exec_drop(
+                    "INSERT INTO GroupUser (groupid, userid, grouprole) VALUES (?, ?, ?)",
+                    (id, creator, role(true)),
+                )?;
+            }
+            Ok(id)
+        })?;
+        id.ok_or_else(|| StoreError("group id out of range".into()))
     }
 
     fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<bool> {
@@ -163,30 +193,32 @@ impl Store for MysqlStore {
     }
 
     fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.start_transaction(TxOpts::default())?;
-        if let Some(cap) = cap {
-            // FOR UPDATE: concurrent senders to one mailbox are counted one after the other.
-            let held: u64 =
-                tx.exec_first("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ? FOR UPDATE", (user,))?.unwrap_or(0);
-            if usize::try_from(held).unwrap_or(usize::MAX).saturating_add(msgs.len()) > cap {
-                return Ok(false);
+        self.transaction(|tx| {
+            tx.exec_drop(LOCK_MAILBOX, (user,))?;
+            if let Some(cap) = cap {
+                let held: u64 =
+                    tx.exec_first("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ?", (user,))?.unwrap_or(0);
+                if usize::try_from(held).unwrap_or(usize::MAX).saturating_add(msgs.len()) > cap {
+                    return Ok(false);
+                }
             }
-        }
-        tx.exec_batch("INSERT INTO OfflineMessage (userid, message) VALUES (?, ?)", msgs.iter().map(|m| (user, *m)))?;
-        tx.commit()?;
-        Ok(true)
+            tx.exec_batch(
+                "INSERT INTO OfflineMessage (userid, message) VALUES (?, ?)",
+                msgs.iter().map(|m| (user, *m)),
+            )?;
+            Ok(true)
+        })
     }
 
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.start_transaction(TxOpts::default())?;
-        let rows: Vec<(u64, String)> =
-            tx.exec("SELECT id, message FROM OfflineMessage WHERE userid = ? ORDER BY id FOR UPDATE", (user,))?;
-        if let Some((last, _)) = rows.last() {
-            tx.exec_drop("DELETE FROM OfflineMessage WHERE userid = ? AND id <= ?", (user, last))?;
-        }
-        tx.commit()?;
-        Ok(rows.into_iter().map(|(_, m)| m).collect())
+        self.transaction(|tx| {
+            tx.exec_drop(LOCK_MAILBOX, (user,))?;
+            let rows: Vec<(u64, String)> =
+                tx.exec("SELECT id, message FROM OfflineMessage WHERE userid = ? ORDER BY id", (user,))?;
+            if let Some((last, _)) = rows.last() {
+                tx.exec_drop("DELETE FROM OfflineMessage WHERE userid = ? AND id <= ?", (user, last))?;
+            }
+            Ok(rows.into_iter().map(|(_, m)| m).collect())
+        })
     }
 }

@@ -48,14 +48,26 @@ impl MariaDb {
     pub fn start() -> MariaDb {
         let dir = tempfile::Builder::new().prefix("chat-mariadb-").tempdir().unwrap().keep();
         let data = dir.join("data");
-        let install = Command::new(which(&["mariadb-install-db", "mysql_install_db"]))
-            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
-            .arg(format!("--datadir={}", data.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(install.success(), "mariadb-install-db failed");
+        // Seen failing once, unexplained, on a loaded machine: try again once, and say why.
+        let install = || {
+            let _ = std::fs::remove_dir_all(&data);
+            Command::new(which(&["mariadb-install-db", "mysql_install_db"]))
+                .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+                .arg(format!("--datadir={}", data.display()))
+                .output()
+                .unwrap()
+        };
+        let first = install();
+        if !first.status.success() {
+            eprintln!("mariadb-install-db failed, trying again: {}", String::from_utf8_lossy(&first.stderr));
+            let again = install();
+            assert!(
+                again.status.success(),
+                "mariadb-install-db failed:\n{}\n{}",
+                String::from_utf8_lossy(&again.stdout),
+                String::from_utf8_lossy(&again.stderr)
+            );
+        }
         let port = free_port();
         let server = which(&["mariadbd", "mysqld"]);
         let args = format!(

@@ -145,7 +145,7 @@ impl ServerProcess {
             .args(["--listen", "127.0.0.1:0", "--threads", "2", "--hash-memory-kib", "256", "--hash-iterations", "1"])
             .args(["--store", store])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("CHAT_TEST_LOG").unwrap_or("warn".into()))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

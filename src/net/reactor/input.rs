@@ -9,6 +9,7 @@ use crate::net::conn::State;
 use crate::proto::codec::{Decoded, FrameError};
 use crate::proto::request::{self, Parsed};
 use crate::proto::Errno;
+use crate::service::JobKind;
 
 impl Reactor {
     /// Handles buffered requests, then reads more while the connection may proceed.
@@ -143,7 +144,8 @@ impl Reactor {
         let ended = self.fx.ended.take();
         self.apply_effects(key);
         if let Some(user) = ended {
-            self.end_session(key, user, Vec::new());
+            let released = job.as_ref().is_some_and(|j| matches!(j.kind, JobKind::Logout { .. }));
+            self.end_session(key, user, Vec::new(), released);
         }
         if let Some(job) = job {
             self.submit(key, job);

@@ -263,7 +263,7 @@ impl Reactor {
 
     /// Runs `job` on the pool; the connection handles nothing else until it is done.
     fn submit(&mut self, key: usize, job: Job) {
-        if self.pool.is_busy() && job.kind.is_request() {
+        if self.pool.is_busy() && job.kind.sheddable() {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.session.pending = None;
                 if let Some(bytes) = job.reject(Errno::Unavailable) {
@@ -309,7 +309,8 @@ impl Reactor {
     /// sent to it: under the presence write lock, deliveries already queued on this reactor's
     /// channel for it join `unsent`, and all of it goes to the mailbox lane before the user
     /// stops being live. A sender that then finds the user offline queues behind it.
-    fn end_session(&mut self, key: usize, user: UserId, mut unsent: Vec<(UserId, Arc<str>)>) {
+    /// `released`: a logout job releases the bus claim; otherwise a background job does.
+    fn end_session(&mut self, key: usize, user: UserId, mut unsent: Vec<(UserId, Arc<str>)>, released: bool) {
         let here = self.loc(key);
         let (rx, deferred, service, router) = (&self.rx, &mut self.deferred, &self.service, &self.router);
         let before = || {
@@ -321,7 +322,7 @@ impl Reactor {
             }
             spill(service, router, unsent);
         };
-        service.end_session(user, here, before, &mut self.fx);
+        service.end_session(user, here, before, released, &mut self.fx);
         self.apply_effects(key);
     }
 
@@ -408,7 +409,7 @@ impl Reactor {
             }
         }
         if let Some((user, mailbox)) = ended {
-            self.end_session(key, user, mailbox);
+            self.end_session(key, user, mailbox, false);
         }
         if !open {
             self.conns.remove(key);
@@ -435,7 +436,7 @@ impl Reactor {
         self.dirty.push(key);
         self.apply_effects(key);
         if let Some(user) = user {
-            self.end_session(key, user.id, Vec::new());
+            self.end_session(key, user.id, Vec::new(), false);
         }
     }
 
@@ -453,7 +454,7 @@ impl Reactor {
         let user = conn.session.user.take();
         let unsent = conn.take_unsent();
         match user {
-            Some(user) => self.end_session(key, user.id, unsent),
+            Some(user) => self.end_session(key, user.id, unsent, false),
             None => self.spill(unsent),
         }
         if self.conns.get(key).is_some_and(|c| !c.busy) {
@@ -499,7 +500,7 @@ impl Reactor {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for &key in &keys {
             if let Some(user) = self.conns.get_mut(key).and_then(|c| c.session.user.take()) {
-                self.end_session(key, user.id, Vec::new());
+                self.end_session(key, user.id, Vec::new(), false);
             }
         }
         let mut events = Events::with_capacity(256);
