@@ -71,9 +71,10 @@ struct Args {
     /// idle: client processes to spread them over (each has its own open-file limit).
     #[arg(long, default_value_t = 4)]
     procs: usize,
-    /// The server's pid: its CPU time per message, and (idle) its memory per session.
-    #[arg(long)]
-    pid: Option<u32>,
+    /// The server's pid: its CPU time per message, and (idle) its memory per session. Several
+    /// (comma-separated): the nodes of a cluster, summed.
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
     /// idle, internal: run as one client process with this share, `INDEX:COUNT:TAG`.
     #[arg(long, hide = true)]
     share: Option<String>,
@@ -109,12 +110,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let addrs = if args.ports.is_empty() {
-        vec![args.addr.clone()]
-    } else {
-        let host = args.addr.rsplit_once(':').map_or(args.addr.as_str(), |(h, _)| h);
-        args.ports.iter().map(|p| format!("{host}:{p}")).collect()
-    };
+    let addrs = addrs(&args);
     let scenario = match args.scenario {
         Kind::Pingpong => Scenario::PingPong,
         Kind::Flood => Scenario::Flood { window: args.window.max(1) },
@@ -135,7 +131,7 @@ fn main() -> ExitCode {
         rate: args.rate,
         progress: !args.json,
     };
-    let cpu_before = args.pid.and_then(chat::bench::cpu_time);
+    let cpu_before = total(&args.pid, chat::bench::cpu_time);
     let report = match run(&plan) {
         Ok(r) => r,
         Err(e) => {
@@ -143,7 +139,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cpu = cpu_before.zip(args.pid.and_then(chat::bench::cpu_time)).map(|(b, a)| a.saturating_sub(b));
+    let cpu = cpu_before.zip(total(&args.pid, chat::bench::cpu_time)).map(|(b, a)| a.saturating_sub(b));
     let cpu_us_per_msg = cpu.map(|c| c.as_secs_f64() * 1e6 / report.delivered.max(1) as f64);
     let q = |p: f64| report.latency.value_at_quantile(p);
     let last = report.last_member.as_ref().map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()));
@@ -185,6 +181,23 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A reading summed over the given processes; `None` if there are none or one cannot be read.
+fn total<T: std::iter::Sum<T>>(pids: &[u32], read: impl Fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| read(p)).sum()
+}
+
+/// `--addr`, or with `--ports` one address per port on its host.
+fn addrs(args: &Args) -> Vec<String> {
+    if args.ports.is_empty() {
+        return vec![args.addr.clone()];
+    }
+    let host = args.addr.rsplit_once(':').map_or(args.addr.as_str(), |(h, _)| h);
+    args.ports.iter().map(|p| format!("{host}:{p}")).collect()
+}
+
 /// `idle`: the parent spreads the sessions over child processes (each from its own 127.0.0.x
 /// source address), waits until all are logged in, measures, then lets them go.
 fn idle(args: &Args) -> Result<(), String> {
@@ -208,15 +221,17 @@ fn idle(args: &Args) -> Result<(), String> {
         return Ok(());
     }
     let procs = args.procs.clamp(1, 200);
+    // With --ports, child i serves node i % nodes: give at least one process per node.
+    let nodes = addrs(args);
     let tag = format!("idle{}", chat::service::now_ms());
-    let before = args.pid.and_then(chat::bench::rss_kib);
+    let before = total(&args.pid, chat::bench::rss_kib);
     let start = std::time::Instant::now();
     let mut children = Vec::new();
     for i in 0..procs {
         let count = args.connections / procs + usize::from(i < args.connections % procs);
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let child = Command::new(exe)
-            .args(["idle", "--addr", &args.addr, "--share", &format!("{i}:{count}:{tag}")])
+            .args(["idle", "--addr", &nodes[i % nodes.len()], "--share", &format!("{i}:{count}:{tag}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -236,7 +251,7 @@ fn idle(args: &Args) -> Result<(), String> {
     }
     let seconds = start.elapsed().as_secs_f64();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let after = args.pid.and_then(chat::bench::rss_kib);
+    let after = total(&args.pid, chat::bench::rss_kib);
     let per_conn = before.zip(after).map(|(b, a)| a.saturating_sub(b) as f64 * 1024.0 / held.max(1) as f64);
     let limit = chat::bench::open_file_limit();
     if args.json {
