@@ -32,8 +32,12 @@ pub(super) const WAKER: Token = Token(usize::MAX);
 /// Bytes one connection may read per loop iteration before others get their turn.
 const READ_BUDGET: usize = 256 * 1024;
 const SCRATCH: usize = 64 * 1024;
-/// Channel messages handled per loop iteration, so sockets are never starved.
-const MSG_BATCH: usize = 1024;
+/// Channel messages handled per loop iteration, so sockets are never starved (a few ms at
+/// most). Large because output is flushed once per iteration: a group message reaches this
+/// reactor as one channel message per member here, and a batch of 1,024 meant about one write
+/// per member per group message; 16,384 lets one write carry many (fan-out to 1,000: 300k →
+/// 640k–1M deliveries/s, server CPU per delivery 2.6 → 0.9 µs).
+const MSG_BATCH: usize = 16384;
 /// Input a lingering connection may still send before it is simply closed.
 const LINGER_LIMIT: usize = 1024 * 1024;
 
