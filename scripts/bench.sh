@@ -68,6 +68,11 @@ for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break
     sleep 0.1
 done
+if ! kill -0 "$redis_pid" 2>/dev/null || ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+    echo "bench.sh: redis-server did not start on port $redis_port:" >&2
+    cat "$dir/redis.log" >&2
+    exit 1
+fi
 redis_addr=127.0.0.1:$redis_port
 
 # run NAME TARGET ADDR PID ARGS...: one chatbench run, its JSON line kept in $dir/NAME.json.
@@ -102,6 +107,11 @@ done
 half=$(awk -v r="$(field pingpong-chat rate)" 'BEGIN { printf "%.0f", r / 2 }')
 run "half-chat" chat "$chat_addr" "$chat_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
 run "half-redis" redis "$redis_addr" "$redis_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
+# The same rate through the bare relay, and through the chat with a tenth of the pairs (a tenth of
+# the generator's threads): what the tail owes to the transport and to the generator.
+run "half-relay" chat "$relay_addr" "$relay_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
+run "half-chat-few" chat "$chat_addr" "$chat_pid" pingpong --pairs $((PAIRS / 10)) --messages $((MESSAGES * 10)) \
+    --rate "$half"
 
 # Idle sessions, on a fresh node (memory freed by the runs above would hide what sessions cost):
 # as many as its open-file limit allows, less a margin.
@@ -159,6 +169,8 @@ lat() { # lat LABEL NAME
     done
     lat "pingpong chat at $half msg/s (half of its peak)" half-chat
     lat "pingpong Redis at $half msg/s" half-redis
+    lat "pingpong relay at $half msg/s" half-relay
+    lat "pingpong chat at $half msg/s, $((PAIRS / 10)) pairs" half-chat-few
     echo
     echo "Fanout, time until the last member has a message (µs): chat p50 $(field fanout-chat last_member_p50_us),"
     echo "p99 $(field fanout-chat last_member_p99_us); Redis p50 $(field fanout-redis last_member_p50_us),"
@@ -173,6 +185,7 @@ lat() { # lat LABEL NAME
     echo "| pingpong ≥ 0.7× the bare relay | $(ratio "$pp" "$ppr") | $(met "$(awk -v a="$pp" -v b="$ppr" 'BEGIN { print a / b }')" 0.7 ">=") |"
     echo "| pingpong ≥ 1.5× Redis pub/sub | $(ratio "$pp" "$ppx") | $(met "$(awk -v a="$pp" -v b="$ppx" 'BEGIN { print a / b }')" 1.5 ">=") |"
     echo "| pingpong p99 < 1 ms at half of peak | $(field half-chat p99_us) µs | $(met "$(field half-chat p99_us)" 999 "<=") |"
+    echo "| the same, with a tenth of the pairs (and of the generator's threads) | $(field half-chat-few p99_us) µs | $(met "$(field half-chat-few p99_us)" 999 "<=") |"
     echo "| flood ≥ 300,000 msg/s | $(rate flood-chat) | $(met "$(rate flood-chat)" 300000 ">=") |"
     echo "| fanout to 1,000 members ≥ 500,000 deliveries/s | $(rate fanout-chat) | $(met "$(rate fanout-chat)" 500000 ">=") |"
     bytes=$(awk -v b="$(field idle server_bytes_per_session)" 'BEGIN { printf "%.0f", b }')
