@@ -137,8 +137,8 @@ impl Service {
                     Outcome::default()
                 }
                 JobKind::Logout { user } => {
-                    // The session has ended here whatever the bus says; a claim left behind
-                    // is dropped by the first route that finds no session for it.
+                    // The session has ended here whatever the bus says (see the README's known
+                    // limits for a claim left behind when the bus cannot be reached).
                     if let Err(Unavailable) = self.go_offline(user, outlet) {
                         log::warn!("user {user}: logged out with the bus claim or state not cleared");
                     }
