@@ -65,7 +65,10 @@ impl Service {
         let result: Result<Outcome, Unavailable> = (|| {
             Ok(match job.kind {
                 JobKind::Login { id, password } => match self.login(id, &password, here)? {
-                    Ok(data) => Outcome { reply: None, effect: Effect::LoggedIn { data, seq: seq.clone() } },
+                    Ok(data) => {
+                        self.retry_releases(outlet); // the bus answered the claim
+                        Outcome { reply: None, effect: Effect::LoggedIn { data, seq: seq.clone() } }
+                    }
                     Err(errno) => error(errno, errno.message()),
                 },
                 JobKind::Register { name, password } => {
@@ -137,8 +140,8 @@ impl Service {
                     Outcome::default()
                 }
                 JobKind::Logout { user } => {
-                    // The session has ended here whatever the bus says (see the README's known
-                    // limits for a claim left behind when the bus cannot be reached).
+                    // The session has ended here whatever the bus says; a claim left behind is
+                    // released later (see `go_offline`).
                     if let Err(Unavailable) = self.go_offline(user, outlet) {
                         log::warn!("user {user}: logged out with the bus claim or state not cleared");
                     }
@@ -197,11 +200,31 @@ impl Service {
         result
     }
 
-    /// Releases the bus claim of a session that ended here and writes the state. The claim is
-    /// per node, so a new session of the user on this node may have claimed before this
-    /// release took it away: then it claims again and fetches what was stored meanwhile (or,
-    /// if another node claimed in between, its session here is the one to go).
+    /// A session of `user` ended here: release its bus claim and write the state. A claim that
+    /// cannot be released now (the bus is unreachable) would make other nodes refuse the user's
+    /// logins, so it is kept and tried again once the bus answers.
     fn go_offline(&self, user: UserId, outlet: &dyn Outlet) -> Result<(), Unavailable> {
+        let result = self.release_claim(user, outlet);
+        match result {
+            Ok(()) => self.retry_releases(outlet),
+            Err(Unavailable) => self.unreleased.lock().push(user),
+        }
+        result
+    }
+
+    fn retry_releases(&self, outlet: &dyn Outlet) {
+        let pending = std::mem::take(&mut *self.unreleased.lock());
+        for user in pending {
+            if let Err(Unavailable) = self.release_claim(user, outlet) {
+                self.unreleased.lock().push(user);
+            }
+        }
+    }
+
+    /// The claim is per node, so a new session of the user on this node may have claimed before
+    /// this release took it away: then it claims again and fetches what was stored meanwhile
+    /// (or, if another node claimed in between, its session here is the one to go).
+    fn release_claim(&self, user: UserId, outlet: &dyn Outlet) -> Result<(), Unavailable> {
         if self.presence.get(user).is_some() {
             return Ok(()); // live here again: the claim is its
         }

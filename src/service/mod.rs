@@ -43,6 +43,9 @@ pub struct Service {
     hasher: Hasher,
     limits: Limits,
     mailbox_cap: usize,
+    /// Users whose bus claim could not be released when their session ended here (the bus was
+    /// unreachable): tried again after the next release or login that reaches the bus.
+    unreleased: parking_lot::Mutex<Vec<UserId>>,
 }
 
 /// The logged-in user of a connection.
@@ -189,6 +192,7 @@ impl Service {
             hasher: Hasher::new(config.hash).map_err(std::io::Error::other)?,
             limits: Limits { max_msg: config.max_msg },
             mailbox_cap: config.mailbox_cap,
+            unreleased: parking_lot::Mutex::new(Vec::new()),
         })
     }
 

@@ -33,6 +33,7 @@ impl RedisServer {
     fn launch(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "local"]) // DEBUG SLEEP: a Redis that stops answering
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
