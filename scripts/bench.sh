@@ -107,11 +107,8 @@ done
 half=$(awk -v r="$(field pingpong-chat rate)" 'BEGIN { printf "%.0f", r / 2 }')
 run "half-chat" chat "$chat_addr" "$chat_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
 run "half-redis" redis "$redis_addr" "$redis_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
-# The same rate through the bare relay, and through the chat with a tenth of the pairs (a tenth of
-# the generator's threads): what the tail owes to the transport and to the generator.
+# The same rate through the bare relay: what the tail owes to the transport.
 run "half-relay" chat "$relay_addr" "$relay_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
-run "half-chat-few" chat "$chat_addr" "$chat_pid" pingpong --pairs $((PAIRS / 10)) --messages $((MESSAGES * 10)) \
-    --rate "$half"
 
 # Idle sessions, on a fresh node (memory freed by the runs above would hide what sessions cost):
 # as many as its open-file limit allows, less a margin.
@@ -170,7 +167,6 @@ lat() { # lat LABEL NAME
     lat "pingpong chat at $half msg/s (half of its peak)" half-chat
     lat "pingpong Redis at $half msg/s" half-redis
     lat "pingpong relay at $half msg/s" half-relay
-    lat "pingpong chat at $half msg/s, $((PAIRS / 10)) pairs" half-chat-few
     echo
     echo "Fanout, time until the last member has a message (µs): chat p50 $(field fanout-chat last_member_p50_us),"
     echo "p99 $(field fanout-chat last_member_p99_us); Redis p50 $(field fanout-redis last_member_p50_us),"
@@ -185,7 +181,6 @@ lat() { # lat LABEL NAME
     echo "| pingpong ≥ 0.7× the bare relay | $(ratio "$pp" "$ppr") | $(met "$(awk -v a="$pp" -v b="$ppr" 'BEGIN { print a / b }')" 0.7 ">=") |"
     echo "| pingpong ≥ 1.5× Redis pub/sub | $(ratio "$pp" "$ppx") | $(met "$(awk -v a="$pp" -v b="$ppx" 'BEGIN { print a / b }')" 1.5 ">=") |"
     echo "| pingpong p99 < 1 ms at half of peak | $(field half-chat p99_us) µs | $(met "$(field half-chat p99_us)" 999 "<=") |"
-    echo "| the same, with a tenth of the pairs (and of the generator's threads) | $(field half-chat-few p99_us) µs | $(met "$(field half-chat-few p99_us)" 999 "<=") |"
     echo "| flood ≥ 300,000 msg/s | $(rate flood-chat) | $(met "$(rate flood-chat)" 300000 ">=") |"
     echo "| fanout to 1,000 members ≥ 500,000 deliveries/s | $(rate fanout-chat) | $(met "$(rate fanout-chat)" 500000 ">=") |"
     bytes=$(awk -v b="$(field idle server_bytes_per_session)" 'BEGIN { printf "%.0f", b }')

@@ -37,26 +37,39 @@ pub fn err(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
 }
 
-/// A socket read in large chunks, handing out lines and byte runs.
+/// A socket read in large chunks, handing out lines and byte runs. On a non-blocking socket a
+/// parse can stop halfway for want of input: `mark` before it and `rewind` then.
 #[derive(Debug)]
 struct Reader {
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    mark: usize,
 }
 
 impl Reader {
     fn new(stream: TcpStream) -> Reader {
-        Reader { stream, buf: vec![0; 64 * 1024], start: 0, end: 0 }
+        Reader { stream, buf: vec![0; 64 * 1024], start: 0, end: 0, mark: 0 }
     }
 
-    /// Reads more input, first moving what is left to the front (and growing if full).
+    fn mark(&mut self) {
+        self.mark = self.start;
+    }
+
+    fn rewind(&mut self) {
+        self.start = self.mark;
+    }
+
+    /// Reads more input, first moving what is left since the mark to the front (and growing if
+    /// full).
     fn fill(&mut self) -> io::Result<()> {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        let keep = self.mark.min(self.start);
+        if keep > 0 {
+            self.buf.copy_within(keep..self.end, 0);
+            self.end -= keep;
+            self.start -= keep;
+            self.mark -= keep;
         }
         if self.end == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
@@ -293,6 +306,91 @@ impl Link {
             Link::Redis(r) => (&mut r.publisher, &mut r.out),
         };
         stream.write_all(out)?;
+        out.clear();
+        Ok(())
+    }
+
+    /// For an event loop: makes the sockets non-blocking and returns the one deliveries
+    /// arrive on, to register.
+    pub fn set_nonblocking(&mut self) -> io::Result<&TcpStream> {
+        match self {
+            Link::Chat(c) => {
+                c.writer.set_nonblocking(true)?;
+                Ok(&c.reader.stream)
+            }
+            Link::Redis(r) => {
+                r.publisher.set_nonblocking(true)?;
+                r.subscriber.stream.set_nonblocking(true)?;
+                Ok(&r.subscriber.stream)
+            }
+        }
+    }
+
+    /// The next delivery if it has fully arrived; `None` once the socket has nothing more
+    /// (non-blocking sockets only).
+    pub fn try_delivery(&mut self) -> io::Result<Option<Delivered>> {
+        let reader = match self {
+            Link::Chat(c) => &mut c.reader,
+            Link::Redis(r) => &mut r.subscriber,
+        };
+        reader.mark();
+        match self.delivery() {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match self {
+                    Link::Chat(c) => c.reader.rewind(),
+                    Link::Redis(r) => r.subscriber.rewind(),
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The socket acknowledgements arrive on (for the chat, the one deliveries arrive on too).
+    pub fn ack_stream(&self) -> &TcpStream {
+        match self {
+            Link::Chat(c) => &c.reader.stream,
+            Link::Redis(r) => &r.replies.stream,
+        }
+    }
+
+    /// Takes every acknowledgement that has arrived, without waiting (non-blocking sockets
+    /// only); returns how many.
+    pub fn try_acks(&mut self) -> io::Result<usize> {
+        let mut n = 0;
+        loop {
+            n += self.buffered_acks()?;
+            let reader = match self {
+                Link::Chat(c) => &mut c.reader,
+                Link::Redis(r) => &mut r.replies,
+            };
+            reader.mark();
+            match reader.fill() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(n),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends everything queued, on a non-blocking socket: waits (briefly) when it is full.
+    pub fn flush_nonblocking(&mut self) -> io::Result<()> {
+        let (stream, out) = match self {
+            Link::Chat(c) => (&mut c.writer, &mut c.out),
+            Link::Redis(r) => (&mut r.publisher, &mut r.out),
+        };
+        let mut sent = 0;
+        while sent < out.len() {
+            match stream.write(&out[sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                    std::thread::yield_now()
+                }
+                Err(e) => return Err(e),
+            }
+        }
         out.clear();
         Ok(())
     }

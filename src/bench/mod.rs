@@ -11,7 +11,12 @@
 //!   up to `window` messages in flight; every other member counts and times its deliveries.
 //!
 //! With `rate`, senders pace themselves to that many messages per second in total.
+//!
+//! `pingpong` and `fanout` run every user on a few event loops (one per core, `events.rs`):
+//! with a thread per user, hundreds of users on the server's own cores measured the
+//! generator's thread wake-ups. `flood`, with fewer users each busy, keeps a thread per user.
 
+mod events;
 mod link;
 
 use std::io;
@@ -265,9 +270,47 @@ fn merged(tallies: &[Tally]) -> io::Result<Histogram<u64>> {
 
 /// Runs the plan.
 pub fn run(plan: &Plan) -> io::Result<Report> {
-    if let Scenario::Fanout { members, window } = plan.scenario {
-        return fanout(plan, members.max(2), window.max(1));
+    match plan.scenario {
+        Scenario::PingPong => pingpong(plan),
+        Scenario::Flood { window } => flood(plan, window.max(1)),
+        Scenario::Fanout { members, window } => fanout(plan, members.max(2), window.max(1)),
     }
+}
+
+/// Pairs on an event loop per core (see `events.rs`).
+fn pingpong(plan: &Plan) -> io::Result<Report> {
+    let users = users(plan, plan.pairs * 2, None)?;
+    let pad = "x".repeat(plan.size);
+    let start = Instant::now();
+    let pace = Pace::new(plan, start);
+    let loops = thread::available_parallelism().map_or(2, |n| n.get()).min(plan.pairs.max(1));
+    let mut shares: Vec<Vec<_>> = (0..loops).map(|_| Vec::new()).collect();
+    let mut users = users.into_iter();
+    let mut k = 0;
+    while let (Some((a, ida)), Some((b, idb))) = (users.next(), users.next()) {
+        shares[k % loops].push((a, ida, b, idb, pace.for_sender(k, plan.pairs)));
+        k += 1;
+    }
+    let barrier = Arc::new(Barrier::new(loops + 1));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for share in shares {
+        let (barrier, pad, messages) = (barrier.clone(), pad.clone(), plan.messages);
+        let count = Counter { shared: delivered.clone(), local: 0 };
+        threads.push(spawn(move || {
+            barrier.wait();
+            events::pingpong(share, messages, &pad, start, count)
+        })?);
+    }
+    let total = (plan.pairs * 2 * plan.messages) as u64;
+    barrier.wait();
+    let t0 = Instant::now();
+    let (tallies, seconds) = gather(plan, threads, total, &delivered, t0)?;
+    Ok(Report { delivered: total, seconds, latency: merged(&tallies)?, last_member: None })
+}
+
+/// A sender and a receiver thread per pair; the sender keeps up to `window` messages in flight.
+fn flood(plan: &Plan, window: usize) -> io::Result<Report> {
     let users = users(plan, plan.pairs * 2, None)?;
     let pad = "x".repeat(plan.size);
     let barrier = Arc::new(Barrier::new(plan.pairs * 2 + 1));
@@ -276,73 +319,51 @@ pub fn run(plan: &Plan) -> io::Result<Report> {
     let pace = Pace::new(plan, start);
     let mut threads = Vec::new();
     let mut users = users.into_iter();
-    let pingpong = plan.scenario == Scenario::PingPong;
     let mut k = 0;
-    while let (Some((mut a, ida)), Some((mut b, idb))) = (users.next(), users.next()) {
+    while let (Some((mut a, _)), Some((mut b, idb))) = (users.next(), users.next()) {
         let pace = pace.for_sender(k, plan.pairs);
         k += 1;
-        let (messages, pad2) = (plan.messages, pad.clone());
+        let messages = plan.messages;
         let (barrier2, mut count) = (barrier.clone(), Counter { shared: delivered.clone(), local: 0 });
-        // Receiver: counts, measures, and in pingpong answers.
         threads.push(spawn(move || {
             let mut tally = Tally::new()?;
             barrier2.wait();
             for _ in 0..messages {
-                let d = b.delivery()?;
-                tally.record(start, d)?;
+                tally.record(start, b.delivery()?)?;
                 count.tick();
-                if pingpong {
-                    b.chat(ida, &body(start.elapsed().as_micros() as u64, d.n, &pad2), None);
-                    b.flush()?;
-                }
             }
             Ok(tally)
         })?);
-        let (barrier, pad, mut count) = (barrier.clone(), pad.clone(), Counter { shared: delivered.clone(), local: 0 });
-        let scenario = plan.scenario;
-        // Sender.
+        let (barrier, pad) = (barrier.clone(), pad.clone());
         threads.push(spawn(move || {
-            let mut tally = Tally::new()?;
             barrier.wait();
             let now = || start.elapsed().as_micros() as u64;
-            match scenario {
-                Scenario::PingPong => {
-                    for n in 0..messages {
-                        pace.wait(n);
-                        a.chat(idb, &body(now(), n, &pad), None);
-                        a.flush()?;
-                        tally.record(start, a.delivery()?)?;
-                        count.tick();
-                    }
-                }
-                Scenario::Flood { window } | Scenario::Fanout { window, .. } => {
-                    send_windowed(&mut a, messages, window, pace, |a, n| a.chat(idb, &body(now(), n, &pad), Some(n)))?;
-                }
-            }
-            Ok(tally)
+            send_windowed(&mut a, messages, window, pace, |a, n| a.chat(idb, &body(now(), n, &pad), Some(n)))?;
+            Tally::new()
         })?);
     }
-    let per_pair = if pingpong { 2 * plan.messages } else { plan.messages };
-    let total = (plan.pairs * per_pair) as u64;
+    let total = (plan.pairs * plan.messages) as u64;
     barrier.wait();
     let t0 = Instant::now();
     let (tallies, seconds) = gather(plan, threads, total, &delivered, t0)?;
     Ok(Report { delivered: total, seconds, latency: merged(&tallies)?, last_member: None })
 }
 
-/// Groups of `members`: the first member sends, the others receive.
+/// Groups of `members`: the first member sends, the others receive; on an event loop per core
+/// (see `events.rs`).
 fn fanout(plan: &Plan, members: usize, window: usize) -> io::Result<Report> {
     let mut all = users(plan, plan.pairs * members, Some(members))?.into_iter();
     let pad = "x".repeat(plan.size);
-    let barrier = Arc::new(Barrier::new(plan.pairs * members + 1));
-    let delivered = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let pace = Pace::new(plan, start);
-    let mut threads = Vec::new();
+    let loops = thread::available_parallelism().map_or(2, |n| n.get()).max(1);
+    let mut shares: Vec<(Vec<events::Sender>, Vec<events::Member>)> =
+        (0..loops).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut next_member = 0;
     for g in 0..plan.pairs {
-        let pace = pace.for_sender(g, plan.pairs);
+        let first = g * plan.messages;
         let (mut sender, _) = all.next().ok_or_else(|| err("too few users"))?;
-        let gid = match &mut sender {
+        let group = match &mut sender {
             Link::Chat(c) => {
                 let r = c.request(&serde_json::json!({"msgid":8,"groupname":"bench","seq":0}))?;
                 r["groupid"]
@@ -353,50 +374,39 @@ fn fanout(plan: &Plan, members: usize, window: usize) -> io::Result<Report> {
             Link::Redis(_) => g as u32,
         };
         for _ in 1..members {
-            let (mut member, _) = all.next().ok_or_else(|| err("too few users"))?;
-            if let Link::Chat(c) = &mut member {
-                let r = c.request(&serde_json::json!({"msgid":9,"groupid":gid,"seq":0}))?;
+            let (mut link, _) = all.next().ok_or_else(|| err("too few users"))?;
+            if let Link::Chat(c) = &mut link {
+                let r = c.request(&serde_json::json!({"msgid":9,"groupid":group,"seq":0}))?;
                 if r["errno"] != 0 {
                     return Err(err(format!("join group: {r}")));
                 }
             }
-            let (barrier, messages) = (barrier.clone(), plan.messages);
-            let mut count = Counter { shared: delivered.clone(), local: 0 };
-            threads.push(spawn(move || {
-                let mut tally = Tally::new()?;
-                tally.by_msg = vec![0; messages];
-                barrier.wait();
-                for _ in 0..messages {
-                    let d = member.delivery()?;
-                    tally.record(start, d)?;
-                    let us = (start.elapsed().as_micros() as u64).saturating_sub(d.sent_us);
-                    if let Some(slot) = tally.by_msg.get_mut(d.n) {
-                        *slot = us;
-                    }
-                    count.tick();
-                }
-                Ok(tally)
-            })?);
+            shares[next_member % loops].1.push(events::Member { link, first });
+            next_member += 1;
         }
+        let pace = pace.for_sender(g, plan.pairs);
+        shares[g % loops].0.push(events::Sender { link: sender, group, pace });
+    }
+    let barrier = Arc::new(Barrier::new(loops + 1));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for (senders, share) in shares {
         let (barrier, pad, messages) = (barrier.clone(), pad.clone(), plan.messages);
+        let count = Counter { shared: delivered.clone(), local: 0 };
         threads.push(spawn(move || {
             barrier.wait();
-            let now = || start.elapsed().as_micros() as u64;
-            send_windowed(&mut sender, messages, window, pace, |s, n| s.group(gid, &body(now(), n, &pad), Some(n)))?;
-            Tally::new()
+            events::fanout(senders, share, messages, window, &pad, start, count)
         })?);
     }
     let total = (plan.pairs * (members - 1) * plan.messages) as u64;
     barrier.wait();
     let t0 = Instant::now();
     let (tallies, seconds) = gather(plan, threads, total, &delivered, t0)?;
-    // Time to the last member, per message: members of one group are contiguous in `tallies`.
+    // Time to the last member, per message: the latest over every loop's members.
     let mut last_member = histogram()?;
-    for group in tallies.chunks(members) {
-        for n in 0..plan.messages {
-            let last = group.iter().filter_map(|t| t.by_msg.get(n)).max().copied().unwrap_or(0);
-            last_member.record(last).map_err(|e| err(e.to_string()))?;
-        }
+    for slot in 0..plan.pairs * plan.messages {
+        let last = tallies.iter().filter_map(|t| t.by_msg.get(slot)).max().copied().unwrap_or(0);
+        last_member.record(last).map_err(|e| err(e.to_string()))?;
     }
     Ok(Report { delivered: total, seconds, latency: merged(&tallies)?, last_member: Some(last_member) })
 }
