@@ -33,7 +33,6 @@ impl RedisServer {
     fn launch(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
-            .args(["--enable-debug-command", "local"]) // DEBUG SLEEP: a Redis that stops answering
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -61,6 +60,11 @@ impl RedisServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts again on the same port after `stop`, with the data of the last `SAVE`.
+    pub fn start_again(&mut self) {
+        assert!(self.launch(), "port {} was taken while Redis was down", self.port);
     }
 
     /// Shuts down (SHUTDOWN NOSAVE, as an operator's restart does) and starts again on the same
