@@ -14,6 +14,11 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::{body, err, Counter, Link, Pace, Tally};
 
+/// Polls `stream` for reading under `token`.
+fn register(poll: &Poll, stream: &std::net::TcpStream, token: usize) -> io::Result<()> {
+    poll.registry().register(&mut SourceFd(&stream.as_raw_fd()), Token(token), Interest::READABLE)
+}
+
 /// One pair: `a` sends message `n` when it is due and `a` has the answer to `n - 1`; `b`
 /// answers each message at once.
 struct Pair {
@@ -28,7 +33,7 @@ struct Pair {
 /// Runs `pairs` (each with its own pace) to `messages` round trips on this thread. Latency of
 /// both directions goes into one tally, as with the thread-per-user generator.
 pub(super) fn pingpong(
-    mut pairs: Vec<(Link, u32, Link, u32, Pace)>,
+    pairs: Vec<(Link, u32, Link, u32, Pace)>,
     messages: usize,
     pad: &str,
     start: Instant,
@@ -37,11 +42,9 @@ pub(super) fn pingpong(
     let mut tally = Tally::new()?;
     let mut poll = Poll::new()?;
     let mut state: Vec<Pair> = Vec::with_capacity(pairs.len());
-    for (k, (mut a, ida, mut b, idb, pace)) in pairs.drain(..).enumerate() {
-        for (link, token) in [(&mut a, 2 * k), (&mut b, 2 * k + 1)] {
-            let fd = link.set_nonblocking()?.as_raw_fd();
-            poll.registry().register(&mut SourceFd(&fd), Token(token), Interest::READABLE)?;
-        }
+    for (k, (mut a, ida, mut b, idb, pace)) in pairs.into_iter().enumerate() {
+        register(&poll, a.set_nonblocking()?, 2 * k)?;
+        register(&poll, b.set_nonblocking()?, 2 * k + 1)?;
         state.push(Pair { a: (a, ida), b: (b, idb), pace, sent: 0, answered: 0 });
     }
     // Sends due, earliest first: (due, pair).
@@ -138,12 +141,10 @@ pub(super) fn fanout(
     let mut poll = Poll::new()?;
     for (k, s) in senders.iter_mut().enumerate() {
         s.link.set_nonblocking()?;
-        let fd = s.link.ack_stream().as_raw_fd();
-        poll.registry().register(&mut SourceFd(&fd), Token(k), Interest::READABLE)?;
+        register(&poll, s.link.ack_stream(), k)?;
     }
     for (k, m) in members.iter_mut().enumerate() {
-        let fd = m.link.set_nonblocking()?.as_raw_fd();
-        poll.registry().register(&mut SourceFd(&fd), Token(senders.len() + k), Interest::READABLE)?;
+        register(&poll, m.link.set_nonblocking()?, senders.len() + k)?;
     }
     let slots = members.iter().map(|m| m.first + messages).max().unwrap_or(0);
     tally.by_msg = vec![0; slots];
@@ -165,11 +166,7 @@ pub(super) fn fanout(
                 s.link.flush_nonblocking()?;
             }
             if sent[k] < messages && sent[k] - acked[k] < window {
-                let due = s.pace.due_at(sent[k]);
-                wake = match (wake, due) {
-                    (Some(w), Some(d)) => Some(w.min(d)),
-                    (w, d) => w.or(d),
-                };
+                wake = wake.into_iter().chain(s.pace.due_at(sent[k])).min();
             }
         }
         let timeout = wake.map(|at| at.saturating_duration_since(Instant::now()));

@@ -310,49 +310,51 @@ impl Link {
         Ok(())
     }
 
-    /// For an event loop: makes the sockets non-blocking and returns the one deliveries
+    /// Where deliveries arrive.
+    fn deliveries(&mut self) -> &mut Reader {
+        match self {
+            Link::Chat(c) => &mut c.reader,
+            Link::Redis(r) => &mut r.subscriber,
+        }
+    }
+
+    /// Where acknowledgements arrive (for the chat, the same socket as deliveries).
+    fn acks(&mut self) -> &mut Reader {
+        match self {
+            Link::Chat(c) => &mut c.reader,
+            Link::Redis(r) => &mut r.replies,
+        }
+    }
+
+    /// For an event loop: makes the sockets non-blocking (the chat's reader and writer, and the
+    /// publisher and its replies, are clones of one socket each) and returns the one deliveries
     /// arrive on, to register.
     pub fn set_nonblocking(&mut self) -> io::Result<&TcpStream> {
-        match self {
-            Link::Chat(c) => {
-                c.writer.set_nonblocking(true)?;
-                Ok(&c.reader.stream)
-            }
-            Link::Redis(r) => {
-                r.publisher.set_nonblocking(true)?;
-                r.subscriber.stream.set_nonblocking(true)?;
-                Ok(&r.subscriber.stream)
-            }
+        if let Link::Redis(r) = self {
+            r.publisher.set_nonblocking(true)?;
         }
+        let stream = &self.deliveries().stream;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
     }
 
     /// The next delivery if it has fully arrived; `None` once the socket has nothing more
     /// (non-blocking sockets only).
     pub fn try_delivery(&mut self) -> io::Result<Option<Delivered>> {
-        let reader = match self {
-            Link::Chat(c) => &mut c.reader,
-            Link::Redis(r) => &mut r.subscriber,
-        };
-        reader.mark();
+        self.deliveries().mark();
         match self.delivery() {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match self {
-                    Link::Chat(c) => c.reader.rewind(),
-                    Link::Redis(r) => r.subscriber.rewind(),
-                }
+                self.deliveries().rewind();
                 Ok(None)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// The socket acknowledgements arrive on (for the chat, the one deliveries arrive on too).
-    pub fn ack_stream(&self) -> &TcpStream {
-        match self {
-            Link::Chat(c) => &c.reader.stream,
-            Link::Redis(r) => &r.replies.stream,
-        }
+    /// The socket acknowledgements arrive on, to register.
+    pub fn ack_stream(&mut self) -> &TcpStream {
+        &self.acks().stream
     }
 
     /// Takes every acknowledgement that has arrived, without waiting (non-blocking sockets
@@ -361,10 +363,7 @@ impl Link {
         let mut n = 0;
         loop {
             n += self.buffered_acks()?;
-            let reader = match self {
-                Link::Chat(c) => &mut c.reader,
-                Link::Redis(r) => &mut r.replies,
-            };
+            let reader = self.acks();
             reader.mark();
             match reader.fill() {
                 Ok(()) => {}
@@ -408,10 +407,7 @@ impl Link {
     /// Takes the acknowledgements already received, without waiting; returns how many.
     pub fn buffered_acks(&mut self) -> io::Result<usize> {
         let mut n = 0;
-        let reader = match self {
-            Link::Chat(c) => &mut c.reader,
-            Link::Redis(r) => &mut r.replies,
-        };
+        let reader = self.acks();
         while let Some(line) = reader.buffered_line() {
             let ok = match line.first() {
                 Some(b'{') => number(line, b"\"msgid\":") != Some(11) || number(line, b"\"errno\":") == Some(0),

@@ -63,7 +63,7 @@ impl TestServer {
     pub fn start_on(store_spec: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config();
         tweak(&mut config);
-        let store = chat::store::open(store_spec, 4).unwrap();
+        let store = chat::store::open(store_spec, config.store_connections()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let server = Server::new(listener, config, store, Box::new(LocalBus)).unwrap();
         let addr = server.local_addr().unwrap();
