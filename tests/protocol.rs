@@ -19,12 +19,17 @@ fn register_validates_and_refuses_taken_names() {
     let r = c.request(json!({"msgid":4,"name":"alice","password":"x"}));
     assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(5), json!(1)));
     assert!(r["errmsg"].is_string());
-    for bad in [json!(""), json!("x".repeat(51)), json!("a\tb"), json!(5)] {
+    // The right type with the wrong length or content is errno 1; a wrong type is errno 4.
+    for bad in [json!(""), json!("x".repeat(51)), json!("a\tb")] {
         let r = c.request(json!({"msgid":4,"name":bad,"password":"pw"}));
-        assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(5), json!(4)), "name {bad}");
+        assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(5), json!(1)), "name {bad}");
     }
-    let r = c.request(json!({"msgid":4,"name":"carol","password":"p".repeat(129)}));
-    assert_eq!(r["errno"], 4);
+    let r = c.request(json!({"msgid":4,"name":5,"password":"pw"}));
+    assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(5), json!(4)));
+    for bad in [String::new(), "p".repeat(129)] {
+        let r = c.request(json!({"msgid":4,"name":"carol","password":bad}));
+        assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(5), json!(1)));
+    }
     let r = c.request(json!({"msgid":4,"name":"carol","seq":"s1"}));
     assert_eq!(r, json!({"msgid":5,"seq":"s1","errno":4,"errmsg":"bad request: missing password"}));
     // A 50-byte multi-byte name is fine.
@@ -41,6 +46,11 @@ fn login_errors_and_duplicate_sessions() {
     assert_eq!(c.login(id + 100, "pw")["errno"], 1);
     let r = c.request(json!({"msgid":1,"id":"1","password":"pw"}));
     assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(2), json!(4)));
+    // An empty or over-long password is answered as a wrong one.
+    for bad in [String::new(), "p".repeat(129)] {
+        let r = c.request(json!({"msgid":1,"id":id,"password":bad}));
+        assert_eq!(r, json!({"msgid":2,"errno":1,"errmsg":"id or password is invalid!"}));
+    }
     let ack = c.login_ok(id, "pw");
     assert_eq!(ack, json!({"msgid":2,"errno":0,"id":id,"name":"alice"}));
     // Again on the same connection, and from another connection: errno 2.

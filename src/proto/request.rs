@@ -231,8 +231,8 @@ pub fn parse_envelope(value: Value) -> Result<Envelope, Rejection> {
 /// The second stage: the body of a request whose envelope was accepted.
 pub fn parse_body(msgid: MsgId, mut f: Map<String, Value>, limits: Limits) -> Result<Request, FieldError> {
     Ok(match msgid {
-        MsgId::Login => Request::Login { id: id(&f, "id")?, password: password(&mut f)? },
-        MsgId::Register => Request::Register { name: name(&mut f, "name")?, password: password(&mut f)? },
+        MsgId::Login => Request::Login { id: id(&f, "id")?, password: login_password(&mut f)? },
+        MsgId::Register => Request::Register { name: user_name(&mut f)?, password: new_password(&mut f)? },
         MsgId::Logout => Request::Logout { id: opt_id(&f, "id")? },
         MsgId::OneChat => Request::OneChat {
             id: opt_id(&f, "id")?,
@@ -295,8 +295,35 @@ fn name(f: &mut Map<String, Value>, key: &str) -> Result<String, FieldError> {
     Ok(s)
 }
 
-fn password(f: &mut Map<String, Value>) -> Result<String, FieldError> {
-    text(required(f, "password")?, "password", 1, MAX_PASSWORD)
+/// A name or password: the wrong length or content is errno 1, as a taken name or a wrong
+/// password is; a missing field or a wrong type stays errno 4.
+fn credential(f: &mut Map<String, Value>, key: &str, max: usize) -> Result<String, FieldError> {
+    let Value::String(s) = required(f, key)? else {
+        return Err(bad(format!("bad request: {key} must be a string")));
+    };
+    if !(1..=max).contains(&s.len()) {
+        return Err((Errno::Credentials, format!("{key} must be 1 to {max} bytes")));
+    }
+    if key != "password" && s.chars().any(char::is_control) {
+        return Err((Errno::Credentials, format!("{key} must not contain control characters")));
+    }
+    Ok(s)
+}
+
+fn user_name(f: &mut Map<String, Value>) -> Result<String, FieldError> {
+    credential(f, "name", MAX_NAME)
+}
+
+fn new_password(f: &mut Map<String, Value>) -> Result<String, FieldError> {
+    credential(f, "password", MAX_PASSWORD)
+}
+
+/// Login's password: an empty or over-long one is answered as a wrong one, never saying why.
+fn login_password(f: &mut Map<String, Value>) -> Result<String, FieldError> {
+    credential(f, "password", MAX_PASSWORD).map_err(|(errno, errmsg)| match errno {
+        Errno::Credentials => (errno, Errno::Credentials.message().to_owned()),
+        _ => (errno, errmsg),
+    })
 }
 
 fn msg(f: &mut Map<String, Value>, limits: Limits) -> Result<String, FieldError> {
@@ -427,9 +454,16 @@ mod tests {
         assert_eq!(errno(json!({"msgid":6,"toid":2147483648_i64,"msg":"x"})), Errno::BadRequest);
         assert_eq!(errno(json!({"msgid":6,"toid":2,"msg":"x".repeat(17)})), Errno::TooLarge);
         assert_eq!(errno(json!({"msgid":6,"toid":2,"msg":"x","time":"t".repeat(65)})), Errno::BadRequest);
-        assert_eq!(errno(json!({"msgid":4,"name":"a\nb","password":"p"})), Errno::BadRequest);
-        assert_eq!(errno(json!({"msgid":4,"name":"n".repeat(51),"password":"p"})), Errno::BadRequest);
-        assert_eq!(errno(json!({"msgid":1,"id":1,"password":""})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":4,"name":"a\nb","password":"p"})), Errno::Credentials);
+        assert_eq!(errno(json!({"msgid":4,"name":"n".repeat(51),"password":"p"})), Errno::Credentials);
+        assert_eq!(errno(json!({"msgid":4,"name":"n","password":""})), Errno::Credentials);
+        assert_eq!(errno(json!({"msgid":4,"name":5,"password":"p"})), Errno::BadRequest);
+        assert_eq!(errno(json!({"msgid":1,"id":1,"password":""})), Errno::Credentials);
+        assert_eq!(
+            parse(json!({"msgid":1,"id":1,"password":"p".repeat(129)})),
+            Err((Errno::Credentials, "id or password is invalid!".to_owned()))
+        );
+        assert_eq!(errno(json!({"msgid":1,"id":1,"password":7})), Errno::BadRequest);
         assert_eq!(errno(json!({"msgid":7,"friendid":2,"seq":[1]})), Errno::BadRequest);
     }
 }
