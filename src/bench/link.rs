@@ -11,7 +11,7 @@ use std::time::Duration;
 use memchr::memchr;
 use serde_json::Value;
 
-use crate::net::relay::number;
+use super::relay::number;
 
 /// What a receiver learns from one delivery: when it was sent (µs since the run's start, from
 /// the body) and which of the sender's messages it is.

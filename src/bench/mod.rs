@@ -1,5 +1,5 @@
 //! The load generator behind `chatbench`: signs users up over real TCP and drives chat traffic
-//! between them, against the chat server, the bare relay baseline ([`crate::net::relay`]) or
+//! between them, against the chat server, the bare relay baseline (([`relay`])) or
 //! Redis pub/sub (the peer baseline), with the same code timing all three.
 //!
 //! Users `2k` and `2k+1` form pair `k`; user `i` connects to `addrs[i % addrs.len()]`, so with
@@ -18,6 +18,7 @@
 
 mod events;
 mod link;
+pub mod relay;
 
 use std::io;
 use std::net::TcpStream;

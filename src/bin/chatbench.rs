@@ -97,7 +97,7 @@ fn main() -> ExitCode {
         if let Ok(addr) = listener.local_addr() {
             println!("listening on {addr}");
         }
-        let e = chat::net::relay::serve(listener, args.threads);
+        let e = chat::bench::relay::serve(listener, args.threads);
         eprintln!("chatbench: relay stopped: {e:?}");
         return ExitCode::FAILURE;
     }

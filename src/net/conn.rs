@@ -1,37 +1,21 @@
-//! One client connection: its socket, its buffers and its session. Reactor thread only.
+//! One connection's transport state: its socket, input buffer, framing and output queue.
+//! Reactor thread only.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
-use std::sync::Arc;
 
 use mio::net::TcpStream;
 
 use crate::proto::codec::Decoder;
-use crate::service::Session;
-use crate::UserId;
 
 /// Writes gathered into one `writev`.
 const MAX_IOVECS: usize = 64;
 
-/// One queued outbound message.
-#[derive(Debug)]
-pub(super) enum Out {
-    /// An answer to this connection's own request.
-    Reply(Vec<u8>),
-    /// A chat message for `user`, shared with its other recipients; stored offline if unsent.
-    Chat(UserId, Arc<str>),
-    /// A login ack: the offline messages it carries go back to the mailbox if it is not sent.
-    LoginAck(UserId, Vec<u8>),
-}
-
-impl Out {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Out::Reply(b) | Out::LoginAck(_, b) => b,
-            Out::Chat(_, m) => m.as_bytes(),
-        }
-    }
+/// An item of a connection's output queue: bytes to write, and whatever the handler wants back
+/// if they never reach the peer (see [`super::Handler::on_close`]).
+pub trait Outbound {
+    fn bytes(&self) -> &[u8];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,89 +26,54 @@ pub(super) enum State {
     Lingering {
         discarded: usize,
     },
-    /// The socket is closed; the slot lives on until the job in flight returns.
-    Closed,
 }
 
+/// The queued output of one connection, gathered into `writev` calls.
+///
+/// ```text
+///   front (partly written: out_front bytes done) │ item │ item │ … │ back
+///   └────────── out_bytes counts every item whole ───────────────┘
+/// ```
 #[derive(Debug)]
-pub(super) struct Conn {
-    pub stream: TcpStream,
-    /// Unique within the reactor: tells this connection from a later one in the same slot.
-    pub id: u64,
-    pub state: State,
-    /// Unparsed input, kept only while a frame is incomplete or a job holds the connection.
-    pub inbuf: Vec<u8>,
-    pub decoder: Decoder,
-    out: VecDeque<Out>,
-    /// Bytes queued in `out`, the front item counted whole.
-    out_bytes: usize,
+pub(super) struct OutQueue<O> {
+    items: VecDeque<O>,
+    /// Bytes queued, the front item counted whole.
+    bytes: usize,
     /// Bytes of the front item already written.
-    out_front: usize,
-    write_shut: bool,
-    /// Deliveries that arrived while a job was in flight; they queue behind its answer.
-    pub held: Vec<(UserId, Arc<str>)>,
-    pub session: Session,
-    /// A job is in flight: later requests wait in `inbuf`.
-    pub busy: bool,
-    /// A mailbox drain was asked for while busy.
-    pub drain_wanted: bool,
-    /// The socket may have unread input (edge-triggered: set by events, cleared by `WouldBlock`).
-    pub readable: bool,
-    /// The peer shut down its side: no more requests; close once answered.
-    pub eof: bool,
+    front_done: usize,
 }
 
-impl Conn {
-    pub fn new(stream: TcpStream, id: u64, max_frame: usize) -> Conn {
-        Conn {
-            stream,
-            id,
-            state: State::Open,
-            inbuf: Vec::new(),
-            decoder: Decoder::new(max_frame),
-            out: VecDeque::new(),
-            out_bytes: 0,
-            out_front: 0,
-            write_shut: false,
-            held: Vec::new(),
-            session: Session::default(),
-            busy: false,
-            drain_wanted: false,
-            readable: true,
-            eof: false,
-        }
+impl<O: Outbound> OutQueue<O> {
+    pub(super) fn new() -> Self {
+        OutQueue { items: VecDeque::new(), bytes: 0, front_done: 0 }
     }
 
-    pub fn is_open(&self) -> bool {
-        self.state == State::Open
+    pub(super) fn push(&mut self, out: O) {
+        self.bytes += out.bytes().len();
+        self.items.push_back(out);
     }
 
-    pub fn queue(&mut self, out: Out) {
-        self.out_bytes += out.bytes().len();
-        self.out.push_back(out);
+    pub(super) fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 
-    /// Bytes waiting behind the message being written. A single message larger than the cap
-    /// (a login ack with a full mailbox) is still sent; a reader that lets more pile up is not.
-    pub fn backlog_bytes(&self) -> usize {
-        self.out_bytes - self.out.front().map_or(0, |o| o.bytes().len())
+    /// Bytes waiting behind the item being written. A single item larger than the cap (a login
+    /// ack with a full mailbox) is still sent; a reader that lets more pile up is not.
+    pub(super) fn backlog_bytes(&self) -> usize {
+        self.bytes - self.items.front().map_or(0, |o| o.bytes().len())
     }
 
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    /// Writes queued output until done or the socket is full, gathering many messages per call.
-    pub fn flush(&mut self) -> io::Result<()> {
-        while !self.out.is_empty() {
+    /// Writes until done or `w` is full, gathering many items per call.
+    pub(super) fn write_to(&mut self, w: &mut impl Write) -> io::Result<()> {
+        while !self.items.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
-            for (i, out) in self.out.iter().take(MAX_IOVECS).enumerate() {
-                let skip = if i == 0 { self.out_front } else { 0 };
+            for (i, out) in self.items.iter().take(MAX_IOVECS).enumerate() {
+                let skip = if i == 0 { self.front_done } else { 0 };
                 slices[i] = IoSlice::new(&out.bytes()[skip..]);
                 n += 1;
             }
-            match self.stream.write_vectored(&slices[..n]) {
+            match w.write_vectored(&slices[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.advance(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -132,9 +81,78 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        if self.out.is_empty() && self.out.capacity() > 16 {
-            self.out = VecDeque::new(); // idle connections give their queue back
+        if self.items.is_empty() && self.items.capacity() > 16 {
+            self.items = VecDeque::new(); // idle connections give their queue back
         }
+        Ok(())
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        while let Some(front) = self.items.front() {
+            let len = front.bytes().len();
+            let left = len - self.front_done;
+            if written < left {
+                self.front_done += written;
+                return;
+            }
+            written -= left;
+            self.bytes -= len;
+            self.front_done = 0;
+            self.items.pop_front();
+        }
+    }
+
+    /// Every item not yet fully written. A partly written one counts as unsent: the peer cannot
+    /// use half a frame.
+    pub(super) fn take(&mut self) -> Vec<O> {
+        self.bytes = 0;
+        self.front_done = 0;
+        self.items.drain(..).collect()
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Conn<O> {
+    pub(super) stream: TcpStream,
+    /// Unique within the reactor: tells this connection from a later one in the same slot.
+    pub(super) id: u64,
+    pub(super) state: State,
+    /// Unparsed input, kept only while a frame is incomplete or the handler paused the input.
+    pub(super) inbuf: Vec<u8>,
+    pub(super) decoder: Decoder,
+    pub(super) out: OutQueue<O>,
+    write_shut: bool,
+    /// The handler holds further frames until it resumes the connection.
+    pub(super) paused: bool,
+    /// The socket may have unread input (edge-triggered: set by events, cleared by `WouldBlock`).
+    pub(super) readable: bool,
+    /// The peer shut down its side: no more requests; close once answered.
+    pub(super) eof: bool,
+}
+
+impl<O: Outbound> Conn<O> {
+    pub(super) fn new(stream: TcpStream, id: u64, max_frame: usize) -> Self {
+        Conn {
+            stream,
+            id,
+            state: State::Open,
+            inbuf: Vec::new(),
+            decoder: Decoder::new(max_frame),
+            out: OutQueue::new(),
+            write_shut: false,
+            paused: false,
+            readable: true,
+            eof: false,
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Writes queued output; once a lingering connection's answer is out, shuts down our side.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        self.out.write_to(&mut self.stream)?;
         if self.out.is_empty() && matches!(self.state, State::Lingering { .. }) && !self.write_shut {
             self.write_shut = true;
             let _ = self.stream.shutdown(Shutdown::Write);
@@ -142,53 +160,66 @@ impl Conn {
         Ok(())
     }
 
-    fn advance(&mut self, mut written: usize) {
-        while let Some(front) = self.out.front() {
-            let len = front.bytes().len();
-            let left = len - self.out_front;
-            if written < left {
-                self.out_front += written;
-                return;
-            }
-            written -= left;
-            self.out_bytes -= len;
-            self.out_front = 0;
-            self.out.pop_front();
-        }
-    }
-
-    /// Takes every chat message not yet fully written, and every held one, for the offline store.
-    /// A partly written message counts as unsent: the client cannot use half a frame.
-    pub fn take_unsent(&mut self) -> Vec<(UserId, Arc<str>)> {
-        let mut unsent = Vec::new();
-        for out in self.out.drain(..) {
-            match out {
-                Out::Chat(user, msg) => unsent.push((user, msg)),
-                Out::LoginAck(user, bytes) => unsent.extend(offline_of_ack(&bytes).map(|m| (user, m))),
-                Out::Reply(_) => {}
-            }
-        }
-        unsent.append(&mut self.held);
-        self.out_bytes = 0;
-        self.out_front = 0;
-        unsent
-    }
-
     /// Releases input buffer memory once nothing is pending.
-    pub fn compact_input(&mut self) {
+    pub(super) fn compact_input(&mut self) {
         if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
             self.inbuf = Vec::new();
         }
     }
 }
 
-/// The stored messages inside an encoded login ack (rare path: only when it could not be sent).
-fn offline_of_ack(bytes: &[u8]) -> impl Iterator<Item = Arc<str>> {
-    #[derive(serde::Deserialize)]
-    struct Ack {
-        #[serde(default)]
-        offlinemsg: Vec<String>,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Outbound for Vec<u8> {
+        fn bytes(&self) -> &[u8] {
+            self
+        }
     }
-    let msgs = serde_json::from_slice::<Ack>(bytes).map_or_else(|_| Vec::new(), |a| a.offlinemsg);
-    msgs.into_iter().map(|m| Arc::from(m + "\n"))
+
+    /// A writer that takes at most `room` bytes, then would block.
+    struct Pipe {
+        room: usize,
+        got: Vec<u8>,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Invariant 6's exemption: the item being written does not count against the cap, so a
+    /// huge login ack still goes out; what queues behind it does.
+    #[test]
+    fn the_item_in_progress_is_exempt_from_the_cap() {
+        let mut q = OutQueue::new();
+        q.push(vec![b'a'; 10_000]);
+        assert_eq!(q.backlog_bytes(), 0);
+        let mut pipe = Pipe { room: 4_000, got: Vec::new() };
+        q.write_to(&mut pipe).unwrap();
+        assert_eq!(q.backlog_bytes(), 0, "a partly written item is still exempt");
+        q.push(vec![b'b'; 300]);
+        q.push(vec![b'c'; 200]);
+        assert_eq!(q.backlog_bytes(), 500);
+        pipe.room = 6_300;
+        q.write_to(&mut pipe).unwrap();
+        assert_eq!(q.backlog_bytes(), 0);
+        assert_eq!(pipe.got.len(), 10_300);
+        // The partly written item and everything behind it come back as unsent.
+        let unsent = q.take();
+        assert_eq!(unsent, vec![vec![b'c'; 200]]);
+        assert!(q.is_empty());
+    }
 }

@@ -9,52 +9,50 @@ use crossbeam_channel::Sender;
 use mio::net::TcpStream;
 use mio::Waker;
 
-use crate::service::{Delivery, Loc, Outcome, Outlet};
-use crate::UserId;
+/// Where a connection lives: its reactor, its slab key there, and the connection's id, which
+/// tells a new connection in a reused slot from the one a message was meant for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Loc {
+    pub reactor: usize,
+    pub token: usize,
+    pub conn: u64,
+}
 
-/// What other threads ask of a reactor.
+/// What a reactor receives: transport control, or a message for its handler (`M`).
 #[derive(Debug)]
-pub(crate) enum Msg {
+pub enum Msg<M> {
     /// A socket from the acceptor, to register with this reactor's `Poll`.
     NewConn(TcpStream),
-    Deliver(Delivery),
-    /// Fetch the mailbox of the session at `to` (messages were stored while it logged in).
-    Drain {
-        to: Loc,
-        user: UserId,
-    },
-    JobDone {
-        token: usize,
-        conn: u64,
-        outcome: Outcome,
-    },
-    /// Close the connection at `to`: its user is live on another node.
-    Evict {
-        to: Loc,
-    },
-    /// Shutdown, phase 1: read no more; report once no job is in flight.
+    /// For the handler.
+    App(M),
+    /// Shutdown, phase 1: read no more; report once the handler has nothing in flight.
     Quiesce,
-    /// Shutdown, phase 2: end sessions, flush until `deadline`, store what is unsent, exit.
-    Finish {
-        deadline: Instant,
-    },
+    /// Shutdown, phase 2: the handler ends its sessions, output is flushed until `deadline`,
+    /// every connection is closed, the reactor exits.
+    Finish { deadline: Instant },
 }
 
 /// Sends to one reactor. Any thread.
-#[derive(Debug, Clone)]
-pub(crate) struct ReactorHandle {
-    tx: Sender<Msg>,
+#[derive(Debug)]
+pub struct ReactorHandle<M> {
+    tx: Sender<Msg<M>>,
     waker: Arc<Waker>,
     /// Set when a wake-up is pending, so a busy reactor is woken once, not per message.
     notified: Arc<AtomicBool>,
 }
 
-impl ReactorHandle {
-    pub(super) fn new(tx: Sender<Msg>, waker: Arc<Waker>, notified: Arc<AtomicBool>) -> ReactorHandle {
+impl<M> Clone for ReactorHandle<M> {
+    fn clone(&self) -> Self {
+        ReactorHandle { tx: self.tx.clone(), waker: self.waker.clone(), notified: self.notified.clone() }
+    }
+}
+
+impl<M> ReactorHandle<M> {
+    pub(super) fn new(tx: Sender<Msg<M>>, waker: Arc<Waker>, notified: Arc<AtomicBool>) -> Self {
         ReactorHandle { tx, waker, notified }
     }
 
-    pub(crate) fn send(&self, msg: Msg) {
+    pub fn send(&self, msg: Msg<M>) {
         if self.tx.send(msg).is_err() {
             return; // the reactor has exited: shutdown is past the point of delivering
         }
@@ -68,42 +66,37 @@ impl ReactorHandle {
 
 /// Every reactor of the node, by index. Any thread.
 #[derive(Debug)]
-pub(crate) struct Router {
-    reactors: Vec<ReactorHandle>,
+pub struct Router<M> {
+    reactors: Vec<ReactorHandle<M>>,
 }
 
-impl Router {
-    pub(crate) fn new(reactors: Vec<ReactorHandle>) -> Router {
+impl<M> Router<M> {
+    pub fn new(reactors: Vec<ReactorHandle<M>>) -> Self {
         Router { reactors }
     }
 
-    pub(crate) fn send(&self, reactor: usize, msg: Msg) {
+    /// A message for the handler of reactor `reactor`.
+    pub fn send(&self, reactor: usize, msg: M) {
+        self.control(reactor, Msg::App(msg));
+    }
+
+    pub fn control(&self, reactor: usize, msg: Msg<M>) {
         if let Some(h) = self.reactors.get(reactor) {
             h.send(msg);
         }
     }
 
-    pub(crate) fn broadcast(&self, msg: impl Fn() -> Msg) {
+    pub fn broadcast(&self, msg: impl Fn() -> Msg<M>) {
         for h in &self.reactors {
             h.send(msg());
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.reactors.len()
     }
-}
 
-impl Outlet for Router {
-    fn deliver(&self, d: Delivery) {
-        self.send(d.to.reactor, Msg::Deliver(d));
-    }
-
-    fn drain(&self, to: Loc, user: UserId) {
-        self.send(to.reactor, Msg::Drain { to, user });
-    }
-
-    fn evict(&self, to: Loc) {
-        self.send(to.reactor, Msg::Evict { to });
+    pub fn is_empty(&self) -> bool {
+        self.reactors.is_empty()
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{now_ms, Delivery, Effects, Job, JobKind, Service, Session};
+use super::{now_ms, Delivery, Effects, Job, JobKind, Service, SessionState};
 use crate::proto::reply::{self, Chat, Target};
 use crate::proto::request::{parse_body, parse_envelope, Envelope, Parsed};
 use crate::proto::{Errno, MsgId, Request};
@@ -12,7 +12,7 @@ use crate::{GroupId, UserId};
 impl Service {
     /// Handles one request of the connection at `here`. Replies and deliveries go to `fx`; a
     /// returned job must finish before the connection's next request is handled.
-    pub fn handle(&self, session: &mut Session, frame: Parsed, fx: &mut Effects) -> Option<Job> {
+    pub fn handle(&self, session: &mut SessionState, frame: Parsed, fx: &mut Effects) -> Option<Job> {
         // A body that is still a map of fields is parsed below, after the session check.
         let (msgid, seq, body) = match frame {
             Parsed::Chat { msgid, seq, req } => (msgid, seq, Ok(req)),
@@ -29,22 +29,22 @@ impl Service {
             None
         };
         let anonymous = matches!(msgid, MsgId::Login | MsgId::Register);
-        if session.user.is_none() && !anonymous {
+        if session.live().is_none() && !anonymous {
             return fail(fx, Errno::NotLoggedIn, Errno::NotLoggedIn.message());
         }
         let req = match body.or_else(|fields| parse_body(msgid, fields, self.limits)) {
             Ok(req) => req,
             Err((errno, errmsg)) => return fail(fx, errno, &errmsg),
         };
-        let me = match (&session.user, anonymous) {
+        let me = match (session.live(), anonymous) {
             (Some(user), false) => user.clone(),
             (_, _) => {
                 return match req {
-                    Request::Login { .. } if session.user.is_some() || session.pending.is_some() => {
+                    Request::Login { .. } if *session != SessionState::Anonymous => {
                         fail(fx, Errno::AlreadyOnline, Errno::AlreadyOnline.message())
                     }
                     Request::Login { id, password } => {
-                        session.pending = Some(id);
+                        *session = SessionState::LoggingIn(id);
                         Some(Job { seq, kind: JobKind::Login { id, password } })
                     }
                     Request::Register { name, password } => {
@@ -77,7 +77,7 @@ impl Service {
             Request::Login { .. } => return fail(fx, Errno::AlreadyOnline, Errno::AlreadyOnline.message()),
             Request::Register { name, password } => JobKind::Register { name, password },
             Request::Logout { .. } => {
-                session.user = None;
+                *session = SessionState::Anonymous;
                 fx.ended = Some(me.id);
                 JobKind::Logout { user: me.id }
             }

@@ -6,6 +6,7 @@
 //! [`Service::run`] carries a job out on the blocking pool and returns an [`Outcome`] to the
 //! reactor, which holds the connection's later requests until then (per-connection order).
 
+mod chat;
 mod clock;
 mod groups;
 mod handler;
@@ -13,6 +14,7 @@ mod jobs;
 mod mailbox;
 mod password;
 mod presence;
+mod session;
 
 use std::sync::Arc;
 
@@ -21,7 +23,11 @@ use serde_json::Value;
 pub use clock::{format_utc, now_ms, with_utc};
 pub use password::{HashError, Hasher};
 
-pub use presence::{Loc, Presence};
+pub use chat::{ChatHandler, Event};
+pub use presence::Presence;
+pub use session::{Out, SessionState};
+
+pub use crate::net::Loc;
 
 use crate::bus::Bus;
 use crate::config::Config;
@@ -53,21 +59,6 @@ pub struct Service {
 pub struct User {
     pub id: UserId,
     pub name: Arc<str>,
-}
-
-/// Session state of one connection, owned by its reactor.
-#[derive(Debug, Default)]
-pub struct Session {
-    pub user: Option<User>,
-    /// A login for this user is in flight.
-    pub pending: Option<UserId>,
-}
-
-impl Session {
-    /// Whether a message for `user` belongs to this session, now or once its login completes.
-    pub fn expects(&self, user: UserId) -> bool {
-        self.user.as_ref().is_some_and(|u| u.id == user) || self.pending == Some(user)
-    }
 }
 
 /// A message to hand to the reactor that owns `to`.

@@ -7,16 +7,8 @@ use std::collections::HashMap;
 
 use parking_lot::RwLock;
 
+use crate::net::Loc;
 use crate::UserId;
-
-/// Where a session lives: its reactor, its slab key there, and the connection's id, which tells a
-/// new connection in a reused slot from the one a message was meant for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Loc {
-    pub reactor: usize,
-    pub token: usize,
-    pub conn: u64,
-}
 
 const SHARDS: usize = 64;
 

@@ -1,0 +1,156 @@
+//! The acceptor: one `mio::Poll` on the listening socket, handing sockets round-robin to the
+//! worker reactors, until asked to stop. It keeps a spare descriptor so that at the open-file
+//! limit a waiting client is refused cleanly instead of hanging, and the loop does not spin.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::{SockRef, TcpKeepalive};
+
+use super::router::{Msg, Router};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Wait before retrying `accept` when out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections for a set of reactors. Runs on the thread that calls [`Acceptor::run`].
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: TcpListener,
+    poll: Poll,
+    stop: ShutdownHandle,
+}
+
+/// Asks a running acceptor (and so its server) to stop. Any thread.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake the acceptor: {e}");
+        }
+    }
+}
+
+impl Acceptor {
+    pub fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = ShutdownHandle { stop: Arc::new(AtomicBool::new(false)), waker };
+        Ok(Acceptor { listener, poll, stop })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.stop.clone()
+    }
+
+    /// Accepts until [`ShutdownHandle::shutdown`], then closes the listener.
+    pub fn run<M>(mut self, router: &Router<M>) -> io::Result<()> {
+        let result = self.accept_loop(router);
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        result
+    }
+
+    fn accept_loop<M>(&mut self, router: &Router<M>) -> io::Result<()> {
+        let mut events = Events::with_capacity(64);
+        let mut next = 0;
+        // A descriptor kept in reserve: when the process runs out, it is freed to accept and
+        // close one waiting client, which then sees a clean close instead of hanging.
+        let mut spare = std::fs::File::open("/dev/null").ok();
+        let mut backoff = None;
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, backoff) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if self.stop.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // Accept on every wake-up: a listener event, or the end of a back-off.
+            backoff = None;
+            let mut warned = false;
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, _)) => {
+                        tune(&stream);
+                        router.control(next, Msg::NewConn(stream));
+                        next = (next + 1) % router.len().max(1);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENFILE | libc::EMFILE)) => {
+                        // Edge-triggered, so the backlog raises no new event.
+                        if !warned {
+                            log::warn!("out of file descriptors: refusing clients until some close");
+                            warned = true;
+                        }
+                        // Linux reports EMFILE before it looks at the queue, so the queue may
+                        // well be empty: only the accept with the spare freed tells.
+                        if spare.take().is_some() {
+                            // Dropped before the spare is reopened: that needs the descriptor.
+                            let refused = self.listener.accept().map(|(stream, _)| drop(stream));
+                            spare = std::fs::File::open("/dev/null").ok();
+                            match refused {
+                                Ok(()) => log::debug!("out of file descriptors: refused a client"),
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(_) => {
+                                    backoff = Some(ACCEPT_BACKOFF);
+                                    break;
+                                }
+                            }
+                        } else {
+                            // Descriptors may have been freed since the spare was lost.
+                            spare = std::fs::File::open("/dev/null").ok();
+                            if spare.is_none() {
+                                log::warn!("out of file descriptors: accepting again in {ACCEPT_BACKOFF:?}");
+                                backoff = Some(ACCEPT_BACKOFF);
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // E.g. ECONNABORTED: that client is gone; others may be waiting.
+                        log::debug!("accept: {e}");
+                        backoff = Some(Duration::from_millis(10));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per-socket options: no Nagle delay for small frames; keepalive and a user timeout so a
+/// vanished client's session ends within about two minutes instead of hours.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let sock = SockRef::from(stream);
+    let keepalive =
+        TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10)).with_retries(3);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        log::debug!("keepalive: {e}");
+    }
+    if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(90))) {
+        log::debug!("user timeout: {e}");
+    }
+}

@@ -1,0 +1,408 @@
+//! The chat server's reactor handler: what frames and channel messages mean for sessions.
+//!
+//! The transport ([`crate::net`]) hands over frames; this handler parses them, lets
+//! [`Service::handle`] decide, and carries the decisions out through [`Io`]: replies and live
+//! deliveries queue on sockets, a [`Job`] pauses the connection until its [`Event::JobDone`]
+//! comes back, sessions end under the presence lock so nothing sent to them is lost or
+//! reordered. Reactor thread only.
+
+use std::collections::HashMap;
+use std::mem;
+use std::sync::Arc;
+
+use super::session::{delivered, Out, SessionState, Sessions};
+use super::{Delivery, Effect, Effects, Job, JobKind, Outcome, Outlet, Service, User};
+use crate::net::{Handler, Io, Loc, Router};
+use crate::pool::PoolHandle;
+use crate::proto::codec::FrameError;
+use crate::proto::request::{self, Parsed};
+use crate::proto::{reply, Errno};
+use crate::UserId;
+
+/// What other threads send a chat reactor.
+#[derive(Debug)]
+pub enum Event {
+    Deliver(Delivery),
+    /// Fetch the mailbox of the session at `to` (messages were stored while it logged in).
+    Drain {
+        to: Loc,
+        user: UserId,
+    },
+    /// The job of the connection at `at` is done.
+    JobDone {
+        at: Loc,
+        outcome: Outcome,
+    },
+    /// Close the connection at `to`: its user is live on another node.
+    Evict {
+        to: Loc,
+    },
+}
+
+impl Outlet for Router<Event> {
+    fn deliver(&self, d: Delivery) {
+        self.send(d.to.reactor, Event::Deliver(d));
+    }
+
+    fn drain(&self, to: Loc, user: UserId) {
+        self.send(to.reactor, Event::Drain { to, user });
+    }
+
+    fn evict(&self, to: Loc) {
+        self.send(to.reactor, Event::Evict { to });
+    }
+}
+
+/// One reactor's chat sessions.
+#[derive(Debug)]
+pub struct ChatHandler {
+    service: Arc<Service>,
+    router: Arc<Router<Event>>,
+    pool: PoolHandle,
+    sessions: Sessions,
+    jobs_in_flight: usize,
+    fx: Effects,
+}
+
+impl ChatHandler {
+    pub(crate) fn new(service: Arc<Service>, router: Arc<Router<Event>>, pool: PoolHandle) -> ChatHandler {
+        ChatHandler { service, router, pool, sessions: Sessions::default(), jobs_in_flight: 0, fx: Effects::default() }
+    }
+
+    fn dispatch(&mut self, io: &mut impl Io<Self>, at: Loc, parsed: Parsed) {
+        let Some(session) = self.sessions.get_mut(at) else { return };
+        let job = self.service.handle(&mut session.state, parsed, &mut self.fx);
+        let ended = self.fx.ended.take();
+        self.apply_effects(io, at);
+        if let Some(user) = ended {
+            let released = job.as_ref().is_some_and(|j| matches!(j.kind, JobKind::Logout { .. }));
+            self.end_session(io, at, user, Vec::new(), released);
+        }
+        if let Some(job) = job {
+            self.submit(io, at, job);
+        }
+    }
+
+    /// Carries out what a handler decided: replies, deliveries, background work.
+    fn apply_effects(&mut self, io: &mut impl Io<Self>, at: Loc) {
+        let mut fx = mem::take(&mut self.fx);
+        for r in fx.replies.drain(..) {
+            let _ = io.send(at, Out::Reply(r)); // a closed connection's answers go nowhere
+        }
+        for d in fx.deliveries.drain(..) {
+            if d.to.reactor == io.reactor() {
+                self.deliver(io, d);
+                continue;
+            }
+            // Sent under the presence read lock, so a session ending meanwhile finds it queued.
+            // The lookup is repeated here: the user may have moved since the handler's.
+            let user = d.user;
+            let mut pending = Some(d);
+            let here_now = self.service.presence().with(user, |loc| {
+                if loc.reactor == io.reactor() {
+                    return Some(loc); // ours: delivered below; only this thread can end it
+                }
+                if let Some(d) = pending.take() {
+                    self.router.deliver(Delivery { to: loc, ..d });
+                }
+                None
+            });
+            match (pending, here_now.flatten()) {
+                (Some(d), Some(loc)) => self.deliver(io, Delivery { to: loc, ..d }),
+                (Some(d), None) => self.spill(vec![(d.user, d.msg)]),
+                (None, _) => {}
+            }
+        }
+        for job in fx.background.drain(..) {
+            self.submit_background(job);
+        }
+        self.fx = fx;
+    }
+
+    /// Runs `job` on the pool; the connection handles nothing else until it is done.
+    fn submit(&mut self, io: &mut impl Io<Self>, at: Loc, job: Job) {
+        let Some(session) = self.sessions.get_mut(at) else { return };
+        if self.pool.is_busy() && job.kind.sheddable() {
+            if let SessionState::LoggingIn(_) = session.state {
+                session.state = SessionState::Anonymous;
+            }
+            if let Some(bytes) = job.reject(Errno::Unavailable) {
+                let _ = io.send(at, Out::Reply(bytes));
+            }
+            return;
+        }
+        session.job = true;
+        io.pause(at);
+        self.jobs_in_flight += 1;
+        let (service, router, pool) = (self.service.clone(), self.router.clone(), self.pool.clone());
+        let done = move |router: &Router<Event>, outcome| router.send(at.reactor, Event::JobDone { at, outcome });
+        let on_pool = {
+            let (service, router) = (service.clone(), router.clone());
+            move |job: Job| {
+                pool.submit(move || {
+                    let outcome = service.run(job, at, &*router);
+                    done(&router, outcome);
+                });
+            }
+        };
+        // A chat goes to the bus first, sharing round trips; everything else to the pool.
+        service.chat(job, move |outcome| done(&router, outcome), on_pool);
+    }
+
+    /// Pool work nobody waits for (store unsent messages, mark a session offline).
+    fn submit_background(&self, job: Job) {
+        let (service, router) = (self.service.clone(), self.router.clone());
+        let nowhere = Loc { reactor: usize::MAX, token: usize::MAX, conn: 0 };
+        self.pool.submit(move || drop(service.run(job, nowhere, &*router)));
+    }
+
+    fn spill(&self, unsent: Vec<(UserId, Arc<str>)>) {
+        spill(&self.service, &self.router, unsent);
+    }
+
+    /// Ends the session of `user` at `at` without losing or reordering what was sent to it:
+    /// under the presence write lock, deliveries already queued on this reactor's channel for
+    /// it join `unsent`, and all of it goes to the mailbox lane before the user stops being
+    /// live. A sender that then finds the user offline queues behind it.
+    /// `released`: a logout job releases the bus claim; otherwise a background job does.
+    fn end_session(
+        &mut self,
+        io: &mut impl Io<Self>,
+        at: Loc,
+        user: UserId,
+        mut unsent: Vec<(UserId, Arc<str>)>,
+        released: bool,
+    ) {
+        let (service, router) = (&self.service, &self.router);
+        let before = || {
+            let mut mine = |m: &Event| matches!(m, Event::Deliver(d) if d.to == at && d.user == user);
+            for m in io.take_queued(&mut mine) {
+                if let Event::Deliver(d) = m {
+                    unsent.push((d.user, d.msg));
+                }
+            }
+            spill(service, router, unsent);
+        };
+        service.end_session(user, at, before, released, &mut self.fx);
+        self.apply_effects(io, at);
+    }
+
+    /// A message for a session of this reactor, from this or another thread's handler.
+    fn deliver(&mut self, io: &mut impl Io<Self>, d: Delivery) {
+        match self.sessions.get_mut(d.to) {
+            Some(s) if s.state.expects(d.user) => {
+                if s.job {
+                    s.held.push((d.user, d.msg));
+                } else if let Err(out) = io.send(d.to, Out::Chat(d.user, d.msg)) {
+                    self.spill_out(vec![out]);
+                }
+            }
+            // The session ended after the sender looked it up: the message is not lost.
+            _ => self.spill(vec![(d.user, d.msg)]),
+        }
+    }
+
+    fn spill_out(&self, unsent: Vec<Out>) {
+        let mut msgs = Vec::new();
+        for out in unsent {
+            out.into_unsent(&mut msgs);
+        }
+        self.spill(msgs);
+    }
+
+    fn on_drain(&mut self, io: &mut impl Io<Self>, to: Loc, user: UserId) {
+        if !io.running() {
+            return; // the mailbox stays stored
+        }
+        match self.sessions.get_mut(to) {
+            Some(s) if s.state.expects(user) && s.job => s.drain_wanted = true,
+            Some(s) if s.state.expects(user) => self.submit(io, to, Job { seq: None, kind: JobKind::Drain { user } }),
+            _ => {}
+        }
+    }
+
+    fn on_job_done(&mut self, io: &mut impl Io<Self>, at: Loc, outcome: Outcome) {
+        self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        let Some(session) = self.sessions.get_mut(at).filter(|s| s.job) else {
+            // The connection closed while its job ran: nothing of the outcome may be lost.
+            match outcome.effect {
+                Effect::None => {}
+                Effect::LoggedIn { data, .. } => {
+                    let mailbox = data.offline.into_iter().map(|m| (data.id, delivered(m))).collect();
+                    self.end_session(io, at, data.id, mailbox, false);
+                }
+                Effect::Drained { user, msgs } => self.spill(msgs.into_iter().map(|m| (user, delivered(m))).collect()),
+            }
+            return;
+        };
+        session.job = false;
+        if let SessionState::LoggingIn(_) = session.state {
+            session.state = SessionState::Anonymous;
+        }
+        io.resume(at);
+        let mut unsent = Vec::new();
+        if let Some(bytes) = outcome.reply {
+            queue(io, at, Out::Reply(bytes), &mut unsent);
+        }
+        let mut ended = None;
+        match outcome.effect {
+            Effect::None => {}
+            Effect::LoggedIn { data, seq } => {
+                log::debug!("conn {}.{}: user {} logged in", at.reactor, at.conn, data.id);
+                let bytes = reply::login_ok(&data, seq.as_ref());
+                let (id, name) = (data.id, data.name);
+                match io.send(at, Out::LoginAck { user: id, bytes, offline: data.offline }) {
+                    Ok(()) => session.state = SessionState::Live(User { id, name }),
+                    Err(out) => {
+                        // The connection can no longer be written: the login never took, the
+                        // mailbox it took is stored again.
+                        let mut mailbox = Vec::new();
+                        out.into_unsent(&mut mailbox);
+                        ended = Some((id, mailbox));
+                    }
+                }
+            }
+            Effect::Drained { user, msgs } => {
+                for m in msgs {
+                    let out = Out::Chat(user, delivered(m));
+                    match session.state.live_id() == Some(user) {
+                        true => queue(io, at, out, &mut unsent),
+                        false => out.into_unsent(&mut unsent),
+                    }
+                }
+            }
+        }
+        let wanted = mem::take(&mut session.drain_wanted) && io.running();
+        let drain = wanted.then(|| session.state.live_id()).flatten();
+        // Deliveries that waited for this job now follow its answer, unless the mailbox is to be
+        // fetched first: they were sent after what it holds, so they wait behind the drain too.
+        if drain.is_none() {
+            for (user, msg) in mem::take(&mut session.held) {
+                match session.state.live_id() == Some(user) {
+                    true => queue(io, at, Out::Chat(user, msg), &mut unsent),
+                    false => unsent.push((user, msg)),
+                }
+            }
+        }
+        if let Some((user, mailbox)) = ended {
+            self.end_session(io, at, user, mailbox, false);
+        }
+        self.apply_effects(io, at);
+        self.spill(unsent);
+        if let Some(user) = drain {
+            self.submit(io, at, Job { seq: None, kind: JobKind::Drain { user } });
+        }
+    }
+
+    /// A stream that cannot be read on: answer it, end the session, linger until the peer closes.
+    fn reject_stream(&mut self, io: &mut impl Io<Self>, at: Loc, errno: Errno, errmsg: &str) {
+        io.reject(at, Out::Reply(reply::error(None, None, errno, errmsg)));
+        let Some(session) = self.sessions.get_mut(at) else { return };
+        let user = mem::take(&mut session.state).live_id();
+        self.apply_effects(io, at);
+        if let Some(user) = user {
+            self.end_session(io, at, user, Vec::new(), false);
+        }
+    }
+
+    /// The connection is gone: end its session; what it never received goes to the mailbox.
+    fn closed(&mut self, io: &mut impl Io<Self>, at: Loc, unsent: Vec<Out>) {
+        let mut msgs = Vec::new();
+        for out in unsent {
+            out.into_unsent(&mut msgs);
+        }
+        let Some(mut session) = self.sessions.remove(at) else { return self.spill(msgs) };
+        msgs.append(&mut session.held);
+        match session.state.live_id() {
+            Some(user) => self.end_session(io, at, user, msgs, false),
+            None => self.spill(msgs),
+        }
+    }
+}
+
+impl Handler for ChatHandler {
+    type Msg = Event;
+    type Out = Out;
+
+    fn on_open(&mut self, _io: &mut impl Io<Self>, at: Loc) {
+        self.sessions.insert(at);
+    }
+
+    fn on_frame(&mut self, io: &mut impl Io<Self>, at: Loc, frame: &[u8]) {
+        match request::parse(frame, self.service.limits()) {
+            Ok(parsed) => self.dispatch(io, at, parsed),
+            Err(_) => self.reject_stream(io, at, Errno::BadRequest, "bad request: not JSON"),
+        }
+    }
+
+    fn on_frame_error(&mut self, io: &mut impl Io<Self>, at: Loc, error: FrameError) {
+        let errno = if error == FrameError::TooLarge { Errno::TooLarge } else { Errno::BadRequest };
+        self.reject_stream(io, at, errno, &error.to_string());
+    }
+
+    fn on_message(&mut self, io: &mut impl Io<Self>, msg: Event) {
+        match msg {
+            Event::Deliver(d) => self.deliver(io, d),
+            Event::Drain { to, user } => self.on_drain(io, to, user),
+            Event::JobDone { at, outcome } => self.on_job_done(io, at, outcome),
+            Event::Evict { to } => {
+                if self.sessions.get_mut(to).is_some() {
+                    let unsent = io.close(to, "the user is live on another node");
+                    self.closed(io, to, unsent);
+                }
+            }
+        }
+    }
+
+    fn on_close(&mut self, io: &mut impl Io<Self>, at: Loc, unsent: Vec<Out>) {
+        self.closed(io, at, unsent);
+    }
+
+    /// Sessions end before output is flushed, so nothing new is delivered to them.
+    fn on_shutdown(&mut self, io: &mut impl Io<Self>) {
+        for at in io.conns() {
+            let user = self.sessions.get_mut(at).and_then(|s| mem::take(&mut s.state).live_id());
+            if let Some(user) = user {
+                self.end_session(io, at, user, Vec::new(), false);
+            }
+        }
+    }
+
+    /// Messages that raced with the exit: store what was meant for sessions.
+    fn on_exit(&mut self, leftover: Vec<Event>) {
+        for msg in leftover {
+            match msg {
+                Event::Deliver(d) => self.spill(vec![(d.user, d.msg)]),
+                Event::JobDone { outcome: Outcome { effect: Effect::LoggedIn { data, .. }, .. }, .. } => {
+                    self.spill(data.offline.into_iter().map(|m| (data.id, delivered(m))).collect());
+                }
+                Event::JobDone { outcome: Outcome { effect: Effect::Drained { user, msgs }, .. }, .. } => {
+                    self.spill(msgs.into_iter().map(|m| (user, delivered(m))).collect());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.jobs_in_flight > 0
+    }
+}
+
+/// Queues `out` on `at`, or keeps what it carries for the mailbox if `at` cannot be written.
+fn queue(io: &mut impl Io<ChatHandler>, at: Loc, out: Out, unsent: &mut Vec<(UserId, Arc<str>)>) {
+    if let Err(out) = io.send(at, out) {
+        out.into_unsent(unsent);
+    }
+}
+
+/// Hands undeliverable messages to the mailbox lanes, grouped by user.
+fn spill(service: &Service, router: &Arc<Router<Event>>, unsent: Vec<(UserId, Arc<str>)>) {
+    let mut by_user: HashMap<UserId, Vec<Arc<str>>> = HashMap::new();
+    for (user, msg) in unsent {
+        by_user.entry(user).or_default().push(msg);
+    }
+    for (user, msgs) in by_user {
+        service.spill(user, msgs, router.clone());
+    }
+}

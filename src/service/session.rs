@@ -1,0 +1,133 @@
+//! A connection's chat session and its transitions, and what queues on its socket.
+//!
+//! ```text
+//!   Anonymous ──login──► LoggingIn ──job done: ok──► Live ──logout──► Anonymous
+//!       ▲                    │                         │
+//!       └──── job done: refused ┘        close / reset / evict / framing error / shutdown
+//!                                                      ▼
+//!                                                    ended (the session leaves the table)
+//! ```
+//! While a job is in flight the connection reads nothing further (per-connection order), and
+//! deliveries for it are held, to follow the job's answer.
+
+use std::sync::Arc;
+
+use super::User;
+use crate::net::{Loc, Outbound};
+use crate::UserId;
+
+/// Who a connection is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SessionState {
+    #[default]
+    Anonymous,
+    /// A login for this user is in flight; deliveries for the user are already accepted.
+    LoggingIn(UserId),
+    Live(User),
+}
+
+impl SessionState {
+    pub fn live(&self) -> Option<&User> {
+        match self {
+            SessionState::Live(user) => Some(user),
+            _ => None,
+        }
+    }
+
+    pub fn live_id(&self) -> Option<UserId> {
+        self.live().map(|u| u.id)
+    }
+
+    /// Whether a message for `user` belongs to this session, now or once its login completes.
+    pub fn expects(&self, user: UserId) -> bool {
+        match self {
+            SessionState::Anonymous => false,
+            SessionState::LoggingIn(id) => *id == user,
+            SessionState::Live(u) => u.id == user,
+        }
+    }
+}
+
+/// One connection's session, owned by its reactor's handler.
+#[derive(Debug)]
+pub struct Session {
+    pub at: Loc,
+    pub state: SessionState,
+    /// A job is in flight: the connection is paused, deliveries are held.
+    pub job: bool,
+    /// Deliveries that arrived while a job was in flight; they queue behind its answer.
+    pub held: Vec<(UserId, Arc<str>)>,
+    /// A mailbox drain was asked for while a job was in flight.
+    pub drain_wanted: bool,
+}
+
+impl Session {
+    pub fn new(at: Loc) -> Session {
+        Session { at, state: SessionState::Anonymous, job: false, held: Vec::new(), drain_wanted: false }
+    }
+}
+
+/// The sessions of one reactor, by slab key; a [`Loc`] of an earlier connection in a reused
+/// slot finds nothing.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    slots: Vec<Option<Session>>,
+}
+
+impl Sessions {
+    pub fn insert(&mut self, at: Loc) {
+        if self.slots.len() <= at.token {
+            self.slots.resize_with(at.token + 1, || None);
+        }
+        self.slots[at.token] = Some(Session::new(at));
+    }
+
+    pub fn get_mut(&mut self, at: Loc) -> Option<&mut Session> {
+        self.slots.get_mut(at.token)?.as_mut().filter(|s| s.at == at)
+    }
+
+    pub fn remove(&mut self, at: Loc) -> Option<Session> {
+        let slot = self.slots.get_mut(at.token)?;
+        if slot.as_ref().is_some_and(|s| s.at == at) {
+            return slot.take();
+        }
+        None
+    }
+}
+
+/// One queued outbound message of a chat connection.
+#[derive(Debug)]
+pub enum Out {
+    /// An answer to this connection's own request.
+    Reply(Vec<u8>),
+    /// A chat message for `user`, shared with its other recipients; stored offline if unsent.
+    Chat(UserId, Arc<str>),
+    /// A login ack and the stored messages it carries, which go back to the mailbox if it is
+    /// not sent.
+    LoginAck { user: UserId, bytes: Vec<u8>, offline: Vec<String> },
+}
+
+impl Outbound for Out {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Out::Reply(b) | Out::LoginAck { bytes: b, .. } => b,
+            Out::Chat(_, m) => m.as_bytes(),
+        }
+    }
+}
+
+impl Out {
+    /// The messages inside that must not be lost if it is never written.
+    pub fn into_unsent(self, unsent: &mut Vec<(UserId, Arc<str>)>) {
+        match self {
+            Out::Reply(_) => {}
+            Out::Chat(user, msg) => unsent.push((user, msg)),
+            Out::LoginAck { user, offline, .. } => unsent.extend(offline.into_iter().map(|m| (user, delivered(m)))),
+        }
+    }
+}
+
+/// A stored message as it is delivered: with its newline.
+pub fn delivered(stored: String) -> Arc<str> {
+    Arc::from(stored + "\n")
+}
