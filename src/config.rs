@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::proto::time::Clock;
+
 /// Node configuration; `Config::default()` is what `chatserver` runs with when given no flags.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -23,6 +25,8 @@ pub struct Config {
     pub hash: HashCost,
     /// How long shutdown waits for in-flight work and for output to flush, per phase.
     pub shutdown_grace: Duration,
+    /// Where `ts` comes from.
+    pub clock: Clock,
 }
 
 /// Argon2id cost parameters.
@@ -65,6 +69,7 @@ impl Default for Config {
             mailbox_cap: 10_000,
             hash: HashCost::default(),
             shutdown_grace: Duration::from_millis(700),
+            clock: Clock::System,
         }
     }
 }

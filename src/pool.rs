@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Sender};
 
-type Task = Box<dyn FnOnce() + Send + 'static>;
+pub(crate) type Task = Box<dyn FnOnce() + Send + 'static>;
 
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -60,6 +60,14 @@ impl Pool {
 }
 
 impl PoolHandle {
+    /// A handle whose tasks nobody runs but the holder of the receiver, one by one: for tests
+    /// that drive the service step by step without threads.
+    #[cfg(test)]
+    pub(crate) fn manual(limit: usize) -> (PoolHandle, crossbeam_channel::Receiver<Task>) {
+        let (tx, rx) = unbounded::<Task>();
+        (PoolHandle { tx, queued: Arc::new(AtomicUsize::new(0)), limit }, rx)
+    }
+
     /// Whether the queue is over its limit: new client requests should get errno 10.
     pub(crate) fn is_busy(&self) -> bool {
         self.queued.load(Ordering::Acquire) >= self.limit

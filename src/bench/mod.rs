@@ -128,7 +128,7 @@ fn bar(plan: &Plan, len: usize, what: &'static str) -> ProgressBar {
 /// Connects, signs up and logs in `count` users; with `groups_of`, user `i` also listens to
 /// group `i / groups_of` (Redis only: chat groups are created through the server).
 fn users(plan: &Plan, count: usize, groups_of: Option<usize>) -> io::Result<Vec<(Link, u32)>> {
-    let tag = format!("b{}", crate::service::now_ms());
+    let tag = format!("b{}", crate::proto::time::now_ms());
     let progress = bar(plan, count, "logging in");
     let mut users = Vec::with_capacity(count);
     for i in 0..count {

@@ -223,7 +223,7 @@ fn idle(args: &Args) -> Result<(), String> {
     let procs = args.procs.clamp(1, 200);
     // With --ports, child i serves node i % nodes: give at least one process per node.
     let nodes = addrs(args);
-    let tag = format!("idle{}", chat::service::now_ms());
+    let tag = format!("idle{}", chat::proto::time::now_ms());
     let before = total(&args.pid, chat::bench::rss_kib);
     let start = std::time::Instant::now();
     let mut children = Vec::new();

@@ -116,7 +116,7 @@ fn random_node_id() -> String {
     let mut bytes = [0u8; 6];
     if getrandom::getrandom(&mut bytes).is_err() {
         // No entropy source: the process id and the clock still tell nodes apart.
-        return format!("{}-{}", std::process::id(), chat::service::now_ms());
+        return format!("{}-{}", std::process::id(), chat::proto::time::now_ms());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::proto::codec::{Decoded, Decoder};
-use crate::service::{format_utc, now_ms};
+use crate::proto::time::{format_utc, now_ms};
 use crate::UserId;
 use command::Command;
 pub use view::{Style, View};

@@ -121,6 +121,15 @@ impl<M> ReactorSeed<M> {
     }
 }
 
+impl<M> ReactorSeed<M> {
+    /// A handle whose messages land in the returned channel, for tests without a reactor.
+    #[cfg(test)]
+    pub(crate) fn detached() -> io::Result<(ReactorHandle<M>, Receiver<Msg<M>>)> {
+        let (seed, handle) = ReactorSeed::new()?;
+        Ok((handle, seed.rx))
+    }
+}
+
 /// The transport half of a reactor: everything but the handler.
 #[derive(Debug)]
 pub struct Transport<H: Handler> {

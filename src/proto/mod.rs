@@ -9,6 +9,7 @@ pub mod codec;
 mod errno;
 pub mod reply;
 pub mod request;
+pub mod time;
 
 pub use errno::Errno;
 pub use request::{MsgId, Request};

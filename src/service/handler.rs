@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{now_ms, Delivery, Effects, Job, JobKind, Service, SessionState};
+use super::{Delivery, Effects, Job, JobKind, Service, SessionState};
 use crate::proto::reply::{self, Chat, Target};
 use crate::proto::request::{parse_body, parse_envelope, Envelope, Parsed};
 use crate::proto::{Errno, MsgId, Request};
@@ -65,12 +65,12 @@ impl Service {
             None
         };
         let chat = |to: Target, msg: &str, time: Option<String>| {
-            let ts = now_ms();
+            let ts = self.clock.now_ms();
             let encode = |time: &str| reply::chat(&Chat { from: me.id, name: &me.name, to, msg, time, ts });
             match time {
                 Some(time) => encode(&time),
                 // A canonical client reads `time` unconditionally: supply the server's when absent.
-                None => super::with_utc(ts, encode),
+                None => crate::proto::time::with_utc(ts, encode),
             }
         };
         let kind = match req {

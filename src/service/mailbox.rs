@@ -4,6 +4,7 @@
 //! presence write lock (see `Presence::remove_with`), this keeps each sender's messages in order
 //! when a recipient goes offline mid-stream.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -30,6 +31,32 @@ struct Write {
 pub(crate) struct Mailboxes {
     lanes: Mutex<Vec<Sender<Write>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Without lanes (unit tests): writes wait here, in order, until the test runs them (or a
+    /// waiting `store` does). Not at once: a spill is handed over under the presence lock.
+    inline: Option<(Writer, Mutex<VecDeque<Write>>)>,
+}
+
+/// What carries a write out.
+#[derive(Clone)]
+struct Writer {
+    store: Arc<dyn Store>,
+    presence: Arc<Presence>,
+    bus: Arc<dyn Bus>,
+}
+
+impl Writer {
+    fn write(&self, w: Write) {
+        let stored: Vec<&str> = w.msgs.iter().map(|m| stored_form(m)).collect();
+        let result = self.store.store_offline(w.user, &stored, w.cap);
+        if let (Ok(true), Some(outlet)) = (&result, &w.poke) {
+            poke_if_online(&self.presence, &*self.bus, &**outlet, w.user);
+        }
+        match (w.reply, result) {
+            (Some(reply), result) => drop(reply.send(result)),
+            (None, Err(e)) => log::error!("user {}: {} undeliverable messages lost: {e}", w.user, w.msgs.len()),
+            (None, Ok(_)) => {}
+        }
+    }
 }
 
 impl std::fmt::Debug for Mailboxes {
@@ -45,33 +72,47 @@ impl Mailboxes {
         presence: Arc<Presence>,
         bus: Arc<dyn Bus>,
     ) -> std::io::Result<Mailboxes> {
+        let writer = Writer { store, presence, bus };
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         for i in 0..lanes.max(1) {
             let (tx, rx) = unbounded::<Write>();
-            let (store, presence, bus) = (store.clone(), presence.clone(), bus.clone());
-            threads.push(std::thread::Builder::new().name(format!("mailbox-{i}")).spawn(move || {
-                for w in rx {
-                    let stored: Vec<&str> = w.msgs.iter().map(|m| stored_form(m)).collect();
-                    let result = store.store_offline(w.user, &stored, w.cap);
-                    if let (Ok(true), Some(outlet)) = (&result, &w.poke) {
-                        poke_if_online(&presence, &*bus, &**outlet, w.user);
-                    }
-                    match (w.reply, result) {
-                        (Some(reply), result) => drop(reply.send(result)),
-                        (None, Err(e)) => {
-                            log::error!("user {}: {} undeliverable messages lost: {e}", w.user, w.msgs.len())
-                        }
-                        (None, Ok(_)) => {}
-                    }
-                }
-            })?);
+            let writer = writer.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("mailbox-{i}"))
+                    .spawn(move || rx.iter().for_each(|w| writer.write(w)))?,
+            );
             senders.push(tx);
         }
-        Ok(Mailboxes { lanes: Mutex::new(senders), threads: Mutex::new(threads) })
+        Ok(Mailboxes { lanes: Mutex::new(senders), threads: Mutex::new(threads), inline: None })
+    }
+
+    /// Mailboxes written on the caller's thread, for tests that run without threads.
+    #[cfg(test)]
+    pub(crate) fn inline(store: Arc<dyn Store>, presence: Arc<Presence>, bus: Arc<dyn Bus>) -> Mailboxes {
+        let inline = Some((Writer { store, presence, bus }, Mutex::new(VecDeque::new())));
+        Mailboxes { lanes: Mutex::new(Vec::new()), threads: Mutex::new(Vec::new()), inline }
+    }
+
+    /// Runs the writes an inline mailbox holds; `false` if there were none.
+    pub(crate) fn run_pending(&self) -> bool {
+        let Some((writer, pending)) = &self.inline else { return false };
+        let writes: Vec<Write> = pending.lock().drain(..).collect();
+        let any = !writes.is_empty();
+        writes.into_iter().for_each(|w| writer.write(w));
+        any
     }
 
     fn send(&self, w: Write) {
+        if let Some((_, pending)) = &self.inline {
+            let waiting = w.reply.is_some();
+            pending.lock().push_back(w);
+            if waiting {
+                self.run_pending();
+            }
+            return;
+        }
         let lanes = self.lanes.lock();
         match lanes.get(w.user as usize % lanes.len().max(1)) {
             Some(lane) => {

@@ -7,7 +7,6 @@
 //! reactor, which holds the connection's later requests until then (per-connection order).
 
 mod chat;
-mod clock;
 mod groups;
 mod handler;
 mod jobs;
@@ -20,7 +19,6 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-pub use clock::{format_utc, now_ms, with_utc};
 pub use password::{HashError, Hasher};
 
 pub use chat::{ChatHandler, Event};
@@ -33,6 +31,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::proto::reply::{self, LoginData};
 use crate::proto::request::Limits;
+use crate::proto::time::Clock;
 use crate::proto::{Errno, MsgId};
 use crate::store::Store;
 use crate::{GroupId, UserId};
@@ -49,6 +48,7 @@ pub struct Service {
     hasher: Hasher,
     limits: Limits,
     mailbox_cap: usize,
+    clock: Clock,
     /// Users whose bus claim could not be released when their session ended here (the bus was
     /// unreachable): tried again after the next release or login that reaches the bus.
     unreleased: parking_lot::Mutex<Vec<UserId>>,
@@ -169,13 +169,38 @@ pub trait Outlet {
 }
 
 impl Service {
+    /// The service of one node; starts its mailbox lanes.
     pub fn new(store: Box<dyn Store>, bus: Box<dyn Bus>, config: &Config) -> std::io::Result<Service> {
-        let store: Arc<dyn Store> = Arc::from(store);
-        let bus: Arc<dyn Bus> = Arc::from(bus);
+        let (store, bus): (Arc<dyn Store>, Arc<dyn Bus>) = (Arc::from(store), Arc::from(bus));
         let presence = Arc::new(Presence::default());
         let lanes = config.mailbox_lanes();
+        let mailboxes = mailbox::Mailboxes::start(lanes, store.clone(), presence.clone(), bus.clone())?;
+        Service::with_parts(store, bus, presence, mailboxes, config)
+    }
+
+    /// A service that starts no thread: mailbox writes run on the caller's thread.
+    #[cfg(test)]
+    pub(crate) fn without_threads(store: Arc<dyn Store>, bus: Arc<dyn Bus>, config: &Config) -> Service {
+        let presence = Arc::new(Presence::default());
+        let mailboxes = mailbox::Mailboxes::inline(store.clone(), presence.clone(), bus.clone());
+        Service::with_parts(store, bus, presence, mailboxes, config).expect("a valid test configuration")
+    }
+
+    /// Runs the mailbox writes of a service without threads; `false` if there were none.
+    #[cfg(test)]
+    pub(crate) fn run_mailbox_writes(&self) -> bool {
+        self.mailboxes.run_pending()
+    }
+
+    fn with_parts(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        presence: Arc<Presence>,
+        mailboxes: mailbox::Mailboxes,
+        config: &Config,
+    ) -> std::io::Result<Service> {
         Ok(Service {
-            mailboxes: mailbox::Mailboxes::start(lanes, store.clone(), presence.clone(), bus.clone())?,
+            mailboxes,
             store,
             groups: bus.sole_node().then(groups::GroupCache::default),
             bus,
@@ -183,6 +208,7 @@ impl Service {
             hasher: Hasher::new(config.hash).map_err(std::io::Error::other)?,
             limits: Limits { max_msg: config.max_msg },
             mailbox_cap: config.mailbox_cap,
+            clock: config.clock.clone(),
             unreleased: parking_lot::Mutex::new(Vec::new()),
         })
     }
@@ -260,3 +286,6 @@ impl Service {
 fn stored_form(msg: &str) -> &str {
     msg.strip_suffix('\n').unwrap_or(msg)
 }
+
+#[cfg(test)]
+mod tests;

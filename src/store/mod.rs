@@ -4,9 +4,11 @@
 //! columns are the canonical ones (`schema.sql`); `User.state` is written for tools that read it
 //! and decides nothing.
 
+mod memory;
 mod mysql;
 mod sqlite;
 
+pub use memory::MemoryStore;
 pub use mysql::MysqlStore;
 pub use sqlite::SqliteStore;
 
@@ -69,15 +71,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>>;
 }
 
-/// Opens the store named by `spec`: `sqlite:PATH` or `mysql://user:pass@host:port/db`.
+/// Opens the store named by `spec`: `sqlite:PATH`, `mysql://user:pass@host:port/db`, or
+/// `memory` (nothing survives the process).
 pub fn open(spec: &str, conns: usize) -> StoreResult<Box<dyn Store>> {
-    let opened: StoreResult<Box<dyn Store>> = if let Some(path) = spec.strip_prefix("sqlite:") {
+    let opened: StoreResult<Box<dyn Store>> = if spec == "memory" {
+        Ok(Box::new(MemoryStore::default()))
+    } else if let Some(path) = spec.strip_prefix("sqlite:") {
         SqliteStore::open(path, conns).map(|s| Box::new(s) as Box<dyn Store>)
     } else if spec.starts_with("mysql://") {
         MysqlStore::open(spec, conns).map(|s| Box::new(s) as Box<dyn Store>)
     } else {
         return Err(StoreError(format!(
-            "unsupported store {spec:?}: expected sqlite:PATH or mysql://user:pass@host:port/db"
+            "unsupported store {spec:?}: expected sqlite:PATH, mysql://user:pass@host:port/db or memory"
         )));
     };
     opened.map_err(|e| StoreError(format!("{}: {}", redacted(spec), e.0)))
@@ -98,7 +103,41 @@ pub fn redacted(spec: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use super::Store;
+
+    /// What every store must do alike.
+    pub(crate) fn roundtrip(s: &dyn Store) {
+        let a = s.create_user("a", "h").unwrap().unwrap();
+        let b = s.create_user("b", "h").unwrap().unwrap();
+        assert_eq!(s.create_user("a", "h").unwrap(), None);
+        assert_eq!(s.user(a).unwrap().unwrap().name, "a");
+        assert!(s.user_exists(b).unwrap() && !s.user_exists(b + 1).unwrap());
+        s.add_friend(a, b).unwrap();
+        s.add_friend(b, a).unwrap();
+        assert_eq!(s.friends(a).unwrap(), vec![(b, "b".to_owned())]);
+        assert_eq!(s.friends(b).unwrap(), vec![(a, "a".to_owned())]);
+        let g = s.create_group(a, "g", "d").unwrap();
+        assert!(s.join_group(g, b).unwrap());
+        assert!(s.join_group(g, b).unwrap());
+        assert!(!s.join_group(g + 1, b).unwrap());
+        assert_eq!(s.group_members(g).unwrap(), Some(vec![a, b]));
+        assert_eq!(s.group_members(g + 1).unwrap(), None);
+        let groups = s.user_groups(b).unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!((groups[0].name.as_str(), groups[0].desc.as_str()), ("g", "d"));
+        assert!(groups[0].members[0].creator && !groups[0].members[1].creator);
+        assert!(s.store_offline(b, &["1", "2"], Some(2)).unwrap());
+        assert!(!s.store_offline(b, &["3"], Some(2)).unwrap());
+        assert!(s.store_offline(b, &["3"], None).unwrap());
+        assert_eq!(s.take_offline(b).unwrap(), vec!["1", "2", "3"]);
+        assert!(s.take_offline(b).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_memory_store_keeps_the_contract() {
+        roundtrip(&super::MemoryStore::default());
+    }
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(super::redacted("mysql://chat:s3cret@db:3306/chat"), "mysql://chat:***@db:3306/chat");

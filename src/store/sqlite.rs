@@ -218,30 +218,9 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn roundtrip() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path().join("t.db"), 2).unwrap();
-        let a = s.create_user("a", "h").unwrap().unwrap();
-        let b = s.create_user("b", "h").unwrap().unwrap();
-        assert_eq!(s.create_user("a", "h").unwrap(), None);
-        s.add_friend(a, b).unwrap();
-        s.add_friend(b, a).unwrap();
-        assert_eq!(s.friends(a).unwrap(), vec![(b, "b".to_owned())]);
-        assert_eq!(s.friends(b).unwrap(), vec![(a, "a".to_owned())]);
-        let g = s.create_group(a, "g", "d").unwrap();
-        assert!(s.join_group(g, b).unwrap());
-        assert!(s.join_group(g, b).unwrap());
-        assert!(!s.join_group(g + 1, b).unwrap());
-        assert_eq!(s.group_members(g).unwrap(), Some(vec![a, b]));
-        let groups = s.user_groups(b).unwrap();
-        assert_eq!(groups.len(), 1);
-        assert!(groups[0].members[0].creator && !groups[0].members[1].creator);
-        assert!(s.store_offline(b, &["1", "2"], Some(2)).unwrap());
-        assert!(!s.store_offline(b, &["3"], Some(2)).unwrap());
-        assert_eq!(s.take_offline(b).unwrap(), vec!["1", "2"]);
-        assert!(s.take_offline(b).unwrap().is_empty());
+        super::super::tests::roundtrip(&super::SqliteStore::open(dir.path().join("t.db"), 2).unwrap());
     }
 }

@@ -1,5 +1,39 @@
+//! Time as the protocol carries it: `ts` in milliseconds since the Unix epoch, and `time` as
+//! the `YYYY-MM-DD HH:MM:SS` UTC string canonical clients write.
+
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where a node reads the time: the system clock, or one a test sets by hand.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// A clock that reads `ms` until [`Clock::set`].
+    pub fn manual(ms: u64) -> Clock {
+        Clock::Manual(Arc::new(AtomicU64::new(ms)))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => now_ms(),
+            Clock::Manual(ms) => ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets a manual clock; the system clock is not set.
+    pub fn set(&self, ms: u64) {
+        if let Clock::Manual(now) = self {
+            now.store(ms, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -46,5 +80,9 @@ mod tests {
         assert_eq!(super::format_utc(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(super::with_utc(1_767_261_600_999, str::to_owned), "2026-01-01 10:00:00");
         assert_eq!(super::with_utc(1_767_261_601_000, str::to_owned), "2026-01-01 10:00:01");
+        let clock = super::Clock::manual(5);
+        assert_eq!(clock.now_ms(), 5);
+        clock.set(7);
+        assert_eq!(clock.now_ms(), 7);
     }
 }

@@ -1,0 +1,334 @@
+//! The chat handler driven step by step, without sockets or threads: an in-memory store, a
+//! manual clock, a pool whose tasks the test runs one by one, and a recording fake of the
+//! reactor's I/O. Each test sets up one interleaving that the TCP tests can only hope to hit.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use serde_json::{json, Value};
+
+use super::session::Out;
+use super::{ChatHandler, Delivery, Event, Service};
+use crate::bus::LocalBus;
+use crate::config::{Config, HashCost};
+use crate::net::{Handler, Io, Loc, Msg, ReactorSeed, Router};
+use crate::pool::{PoolHandle, Task};
+use crate::proto::codec::FrameError;
+use crate::proto::time::Clock;
+use crate::store::{MemoryStore, Store};
+use crate::UserId;
+
+/// One connection as the fake transport sees it.
+#[derive(Debug, Default)]
+struct FakeConn {
+    /// Queued and never written: what a close hands back as unsent.
+    queued: Vec<Out>,
+    paused: bool,
+    lingering: bool,
+}
+
+/// A recording fake of the transport: output is queued and never written, channel messages
+/// wait in `rx` until the test hands them over.
+#[derive(Debug)]
+struct FakeIo {
+    conns: HashMap<Loc, FakeConn>,
+    rx: Receiver<Msg<Event>>,
+    deferred: VecDeque<Event>,
+    next: u64,
+}
+
+impl Io<ChatHandler> for FakeIo {
+    fn reactor(&self) -> usize {
+        0
+    }
+
+    fn running(&self) -> bool {
+        true
+    }
+
+    fn send(&mut self, to: Loc, out: Out) -> Result<(), Out> {
+        match self.conns.get_mut(&to) {
+            Some(c) if !c.lingering => {
+                c.queued.push(out);
+                Ok(())
+            }
+            _ => Err(out),
+        }
+    }
+
+    fn pause(&mut self, at: Loc) {
+        if let Some(c) = self.conns.get_mut(&at) {
+            c.paused = true;
+        }
+    }
+
+    fn resume(&mut self, at: Loc) {
+        if let Some(c) = self.conns.get_mut(&at) {
+            c.paused = false;
+        }
+    }
+
+    fn close(&mut self, at: Loc, _why: &str) -> Vec<Out> {
+        self.conns.remove(&at).map(|c| c.queued).unwrap_or_default()
+    }
+
+    fn reject(&mut self, at: Loc, answer: Out) {
+        if let Some(c) = self.conns.get_mut(&at) {
+            c.queued.push(answer);
+            c.lingering = true;
+        }
+    }
+
+    fn take_queued(&mut self, pick: &mut dyn FnMut(&Event) -> bool) -> Vec<Event> {
+        let (mut taken, mut kept) = (Vec::new(), VecDeque::new());
+        let queued = self.rx.try_iter().filter_map(|m| match m {
+            Msg::App(e) => Some(e),
+            _ => None,
+        });
+        for e in self.deferred.drain(..).chain(queued) {
+            match pick(&e) {
+                true => taken.push(e),
+                false => kept.push_back(e),
+            }
+        }
+        self.deferred = kept;
+        taken
+    }
+
+    fn conns(&self) -> Vec<Loc> {
+        self.conns.keys().copied().collect()
+    }
+}
+
+/// One node with one reactor, every step in the test's hands.
+struct Node {
+    store: Arc<MemoryStore>,
+    service: Arc<Service>,
+    handler: ChatHandler,
+    io: FakeIo,
+    tasks: Receiver<Task>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let store = Arc::new(MemoryStore::default());
+        let config = Config {
+            hash: HashCost { memory_kib: 64, iterations: 1 },
+            clock: Clock::manual(1_767_261_600_000),
+            ..Config::default()
+        };
+        let service = Arc::new(Service::without_threads(store.clone(), Arc::new(LocalBus), &config));
+        let (handle, rx) = ReactorSeed::detached().unwrap();
+        let router = Arc::new(Router::new(vec![handle]));
+        let (pool, tasks) = PoolHandle::manual(usize::MAX);
+        let handler = ChatHandler::new(service.clone(), router, pool);
+        let io = FakeIo { conns: HashMap::new(), rx, deferred: VecDeque::new(), next: 0 };
+        Node { store, service, handler, io, tasks }
+    }
+
+    fn connect(&mut self) -> Loc {
+        self.io.next += 1;
+        let at = Loc { reactor: 0, token: self.io.next as usize, conn: self.io.next };
+        self.io.conns.insert(at, FakeConn::default());
+        self.handler.on_open(&mut self.io, at);
+        at
+    }
+
+    fn frame(&mut self, at: Loc, request: Value) {
+        assert!(!self.io.conns[&at].paused, "the transport hands no frame to a paused connection");
+        self.handler.on_frame(&mut self.io, at, request.to_string().as_bytes());
+    }
+
+    /// Runs the pool's next task on this thread; its answer goes to the channel.
+    fn run_task(&mut self) {
+        let task = self.tasks.try_recv().expect("a task is queued");
+        task();
+    }
+
+    /// The next message the channel holds (deferred first, as the reactor does).
+    fn next_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.io.deferred.pop_front() {
+            return Some(e);
+        }
+        self.io.rx.try_iter().find_map(|m| match m {
+            Msg::App(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    fn handle(&mut self, e: Event) {
+        self.handler.on_message(&mut self.io, e);
+    }
+
+    /// Runs tasks and hands over messages until neither is left.
+    fn settle(&mut self) {
+        loop {
+            if let Ok(task) = self.tasks.try_recv() {
+                task();
+            } else if self.service.run_mailbox_writes() {
+                continue;
+            } else if let Some(e) = self.next_event() {
+                self.handle(e);
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn register(&mut self, at: Loc, name: &str) -> UserId {
+        self.frame(at, json!({"msgid":4,"name":name,"password":"pw"}));
+        self.settle();
+        let reply = self.take_lines(at).pop().expect("a register answer");
+        reply["id"].as_u64().expect("registered") as UserId
+    }
+
+    fn login(&mut self, at: Loc, id: UserId) -> Value {
+        self.frame(at, json!({"msgid":1,"id":id,"password":"pw"}));
+        self.settle();
+        self.take_lines(at).remove(0)
+    }
+
+    /// What `at` was sent, as JSON, oldest first; forgets it.
+    fn take_lines(&mut self, at: Loc) -> Vec<Value> {
+        let queued = std::mem::take(&mut self.io.conns.get_mut(&at).expect("open").queued);
+        queued.iter().map(|o| serde_json::from_slice(crate::net::Outbound::bytes(o)).unwrap()).collect()
+    }
+
+    fn chat(&mut self, at: Loc, to: UserId, msg: &str) {
+        self.frame(at, json!({"msgid":6,"toid":to,"msg":msg,"time":"t"}));
+        self.settle();
+    }
+
+    /// The transport closes `at` (say, a reset) with its queued output unsent.
+    fn reset(&mut self, at: Loc) {
+        let unsent = self.io.close(at, "reset");
+        self.handler.on_close(&mut self.io, at, unsent);
+        self.settle();
+    }
+
+    /// An encoded delivery, as another reactor's handler would send it.
+    fn delivery(&self, from: UserId, to: UserId, msg: &str) -> Arc<str> {
+        format!("{}\n", json!({"msgid":6,"id":from,"name":"x","toid":to,"msg":msg,"time":"t","ts":1})).into()
+    }
+}
+
+fn msgs(lines: &[Value]) -> Vec<&str> {
+    lines.iter().map(|l| l["msg"].as_str().unwrap_or("<not a chat>")).collect()
+}
+
+fn offline(ack: &Value) -> Vec<String> {
+    let stored = ack["offlinemsg"].as_array().cloned().unwrap_or_default();
+    stored.iter().map(|s| serde_json::from_str::<Value>(s.as_str().unwrap()).unwrap()["msg"].to_string()).collect()
+}
+
+/// Two users, bob logged in on his own connection.
+fn alice_and_bob() -> (Node, Loc, UserId, Loc, UserId) {
+    let mut n = Node::new();
+    let (a, b) = (n.connect(), n.connect());
+    let alice = n.register(a, "alice");
+    let bob = n.register(b, "bob");
+    assert_eq!(n.login(b, bob)["errno"], 0);
+    (n, a, alice, b, bob)
+}
+
+/// Invariant 2: a live message that arrives while the login is in flight queues behind the ack.
+#[test]
+fn the_login_ack_comes_first() {
+    let (mut n, a, alice, b, bob) = alice_and_bob();
+    n.frame(a, json!({"msgid":1,"id":alice,"password":"pw"}));
+    assert!(n.io.conns[&a].paused, "a connection waits for its job");
+    n.run_task(); // alice is live in the presence map; the ack is on its way
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"early","time":"t"}));
+    assert!(n.io.conns[&a].queued.is_empty(), "held while the login job is in flight");
+    n.settle();
+    let lines = n.take_lines(a);
+    assert_eq!((lines[0]["msgid"].clone(), lines[0]["errno"].clone()), (json!(2), json!(0)));
+    assert_eq!(msgs(&lines[1..]), ["early"]);
+    assert_eq!(lines[1]["id"], bob);
+    assert!(!n.io.conns[&a].paused);
+}
+
+/// Invariants 1 and 3: a message stored just after the login took the mailbox asks the session
+/// to drain again; live messages that arrived meanwhile were sent after it, so they wait behind
+/// the drain. Releasing them at the end of the login job would put "live" before "stored".
+#[test]
+fn held_deliveries_wait_behind_a_drain() {
+    let (mut n, a, alice, _b, bob) = alice_and_bob();
+    n.frame(a, json!({"msgid":1,"id":alice,"password":"pw"}));
+    n.run_task(); // presence registered, the (empty) mailbox taken
+    let login_done = n.next_event().expect("the login's answer");
+    // Bob's job stores for alice after the take, then pokes her session.
+    let stored = n.delivery(bob, alice, "stored");
+    assert!(n.store.store_offline(alice, &[stored.trim_end()], None).unwrap());
+    let here = n.service.presence().get(alice).expect("alice is live");
+    n.handle(Event::Drain { to: here, user: alice });
+    // Bob's next message, live from another reactor.
+    n.handle(Event::Deliver(Delivery { to: here, user: alice, msg: n.delivery(bob, alice, "live") }));
+    n.handle(login_done);
+    n.settle();
+    let lines = n.take_lines(a);
+    assert_eq!(lines[0]["msgid"], 2);
+    assert_eq!(msgs(&lines[1..]), ["stored", "live"]);
+}
+
+/// Invariants 3 and 6: whatever a session never received goes to its mailbox, in order, and
+/// comes back exactly once at the next login.
+#[test]
+fn a_session_that_ends_spills_what_it_never_received() {
+    let (mut n, a, alice, b, _bob) = alice_and_bob();
+    n.login(a, alice);
+    for m in ["one", "two", "three"] {
+        n.chat(b, alice, m);
+    }
+    assert_eq!(n.io.conns[&a].queued.len(), 3, "queued live, never written");
+    n.reset(a);
+    assert!(n.service.presence().get(alice).is_none(), "the session ended");
+    let a2 = n.connect();
+    let ack = n.login(a2, alice);
+    assert_eq!(offline(&ack), ["\"one\"", "\"two\"", "\"three\""]);
+    let a3 = n.connect();
+    n.reset(a2);
+    assert!(offline(&n.login(a3, alice)).is_empty(), "delivered once");
+}
+
+/// A login whose connection closed before its answer came back: the mailbox it took is kept.
+#[test]
+fn a_login_finishing_after_its_connection_closed_keeps_the_mailbox() {
+    let (mut n, a, alice, b, _bob) = alice_and_bob();
+    n.chat(b, alice, "waiting");
+    n.frame(a, json!({"msgid":1,"id":alice,"password":"pw"}));
+    n.run_task(); // the mailbox is taken
+    n.reset(a);
+    n.settle();
+    assert!(n.service.presence().get(alice).is_none());
+    let a2 = n.connect();
+    assert_eq!(offline(&n.login(a2, alice)), ["\"waiting\""]);
+}
+
+/// A stream that cannot be framed ends the session; later deliveries are stored, not lost.
+#[test]
+fn a_framing_error_ends_the_session() {
+    let (mut n, a, alice, b, _bob) = alice_and_bob();
+    n.login(a, alice);
+    n.handler.on_frame_error(&mut n.io, a, FrameError::TooLarge);
+    assert_eq!(n.take_lines(a)[0]["errno"], 9);
+    n.chat(b, alice, "after");
+    assert!(n.io.conns[&a].queued.is_empty(), "nothing more for a lingering connection");
+    n.reset(a);
+    let a2 = n.connect();
+    assert_eq!(offline(&n.login(a2, alice)), ["\"after\""]);
+}
+
+/// The server's receive time comes from the injected clock.
+#[test]
+fn deliveries_carry_the_clock_s_time() {
+    let (mut n, a, alice, b, _bob) = alice_and_bob();
+    n.login(a, alice);
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"hi"}));
+    let line = &n.take_lines(a)[0];
+    assert_eq!(
+        (line["ts"].clone(), line["time"].clone()),
+        (json!(1_767_261_600_000_u64), json!("2026-01-01 10:00:00"))
+    );
+}

@@ -1,0 +1,128 @@
+//! A store that keeps everything in memory and forgets it at exit: for unit tests of the
+//! service, and for runs where nothing needs to survive (`--store memory`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use parking_lot::Mutex;
+
+use super::{GroupRecord, MemberRecord, Store, StoreResult, UserRecord};
+use crate::{GroupId, UserId};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    data: Mutex<Data>,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    /// By id; ids are given out from 1 in order, as an auto-increment column would.
+    users: BTreeMap<UserId, UserRecord>,
+    online: BTreeSet<UserId>,
+    friends: BTreeSet<(UserId, UserId)>,
+    groups: BTreeMap<GroupId, (String, String)>,
+    /// `(group, user)` → creator?
+    members: BTreeMap<(GroupId, UserId), bool>,
+    mailboxes: HashMap<UserId, VecDeque<String>>,
+}
+
+impl MemoryStore {
+    /// Whether `User.state` says online: what tools reading the table would see.
+    pub fn state_online(&self, id: UserId) -> bool {
+        self.data.lock().online.contains(&id)
+    }
+}
+
+impl Store for MemoryStore {
+    fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<Option<UserId>> {
+        let mut d = self.data.lock();
+        if d.users.values().any(|u| u.name == name) {
+            return Ok(None);
+        }
+        let id = d.users.keys().next_back().map_or(1, |last| last + 1);
+        d.users.insert(id, UserRecord { id, name: name.to_owned(), password: password_hash.to_owned() });
+        Ok(Some(id))
+    }
+
+    fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        Ok(self.data.lock().users.get(&id).cloned())
+    }
+
+    fn user_exists(&self, id: UserId) -> StoreResult<bool> {
+        Ok(self.data.lock().users.contains_key(&id))
+    }
+
+    fn set_state(&self, id: UserId, online: bool) -> StoreResult<()> {
+        let mut d = self.data.lock();
+        match online {
+            true => d.online.insert(id),
+            false => d.online.remove(&id),
+        };
+        Ok(())
+    }
+
+    fn add_friend(&self, a: UserId, b: UserId) -> StoreResult<()> {
+        let mut d = self.data.lock();
+        d.friends.insert((a, b));
+        d.friends.insert((b, a));
+        Ok(())
+    }
+
+    fn friends(&self, id: UserId) -> StoreResult<Vec<(UserId, String)>> {
+        let d = self.data.lock();
+        let names = d.friends.range((id, 0)..=(id, UserId::MAX)).filter_map(|&(_, f)| d.users.get(&f));
+        Ok(names.map(|u| (u.id, u.name.clone())).collect())
+    }
+
+    fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
+        let mut d = self.data.lock();
+        let id = d.groups.keys().next_back().map_or(1, |last| last + 1);
+        d.groups.insert(id, (name.to_owned(), desc.to_owned()));
+        d.members.insert((id, creator), true);
+        Ok(id)
+    }
+
+    fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<bool> {
+        let mut d = self.data.lock();
+        if !d.groups.contains_key(&group) {
+            return Ok(false);
+        }
+        d.members.entry((group, user)).or_insert(false);
+        Ok(true)
+    }
+
+    fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>> {
+        let d = self.data.lock();
+        if !d.groups.contains_key(&group) {
+            return Ok(None);
+        }
+        Ok(Some(d.members.range((group, 0)..=(group, UserId::MAX)).map(|(&(_, u), _)| u).collect()))
+    }
+
+    fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupRecord>> {
+        let d = self.data.lock();
+        let mine = d.members.keys().filter(|&&(_, u)| u == user).map(|&(g, _)| g);
+        let groups = mine.filter_map(|g| {
+            let (name, desc) = d.groups.get(&g)?;
+            let members = d.members.range((g, 0)..=(g, UserId::MAX)).filter_map(|(&(_, u), &creator)| {
+                let name = d.users.get(&u)?.name.clone();
+                Some(MemberRecord { id: u, name, creator })
+            });
+            Some(GroupRecord { id: g, name: name.clone(), desc: desc.clone(), members: members.collect() })
+        });
+        Ok(groups.collect())
+    }
+
+    fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool> {
+        let mut d = self.data.lock();
+        let mailbox = d.mailboxes.entry(user).or_default();
+        if cap.is_some_and(|cap| mailbox.len().saturating_add(msgs.len()) > cap) {
+            return Ok(false);
+        }
+        mailbox.extend(msgs.iter().map(|&m| m.to_owned()));
+        Ok(true)
+    }
+
+    fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>> {
+        Ok(self.data.lock().mailboxes.remove(&user).map(Vec::from).unwrap_or_default())
+    }
+}
