@@ -36,6 +36,14 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== the server alone: no client or load-generator code or dependency"
+cargo clippy --no-default-features --lib --bin chatserver --locked -- -D warnings
+leaked=$(cargo tree --no-default-features --locked -e normal --prefix none | grep -E '^(rustyline|rpassword|hdrhistogram|indicatif) ' || true)
+if [ -n "$leaked" ]; then
+    echo "test.sh: the server depends on client or bench crates:" >&2
+    echo "$leaked" >&2
+    exit 1
+fi
 echo "== cargo test (embedded SQLite store)"
 cargo test --all-targets --locked
 echo "== cargo test (MariaDB store, private instance)"

@@ -19,10 +19,13 @@
 //! - [`bus`]: the `Bus` trait (cross-node routing) and its in-process implementation.
 //! - [`server`]: wires the threads together and runs the graceful shutdown.
 #![deny(rust_2018_idioms)]
+#![warn(unreachable_pub, missing_debug_implementations)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod bus;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod config;
 pub mod net;

@@ -24,6 +24,12 @@ pub struct Inbox {
     pub drain: Box<dyn Fn(UserId) + Send + Sync>,
 }
 
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
+}
+
 /// The bus could not answer; the request gets errno 10.
 #[derive(Debug, thiserror::Error)]
 #[error("bus unavailable: {0}")]

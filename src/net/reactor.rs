@@ -132,7 +132,7 @@ impl<M> ReactorSeed<M> {
 
 /// The transport half of a reactor: everything but the handler.
 #[derive(Debug)]
-pub struct Transport<H: Handler> {
+pub(super) struct Transport<H: Handler> {
     idx: usize,
     poll: Poll,
     rx: Receiver<Msg<H::Msg>>,

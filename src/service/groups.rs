@@ -16,7 +16,7 @@ use crate::{GroupId, UserId};
 const CAPACITY: usize = 100_000;
 
 #[derive(Debug, Default)]
-pub struct GroupCache {
+pub(super) struct GroupCache {
     inner: RwLock<Inner>,
 }
 
@@ -28,17 +28,17 @@ struct Inner {
 }
 
 impl GroupCache {
-    pub fn members(&self, group: GroupId) -> Option<Arc<[UserId]>> {
+    pub(super) fn members(&self, group: GroupId) -> Option<Arc<[UserId]>> {
         self.inner.read().members.get(&group).cloned()
     }
 
     /// To be taken before reading a group from the store; hand it to [`GroupCache::fill`].
-    pub fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u64 {
         self.inner.read().generation
     }
 
     /// Keeps `members`, read from the store after `generation` was taken, unless stale.
-    pub fn fill(&self, group: GroupId, members: &[UserId], generation: u64) {
+    pub(super) fn fill(&self, group: GroupId, members: &[UserId], generation: u64) {
         let mut inner = self.inner.write();
         if inner.generation != generation {
             return;
@@ -49,7 +49,7 @@ impl GroupCache {
         inner.members.insert(group, Arc::from(members));
     }
 
-    pub fn invalidate(&self, group: GroupId) {
+    pub(super) fn invalidate(&self, group: GroupId) {
         let mut inner = self.inner.write();
         inner.generation += 1;
         inner.members.remove(&group);

@@ -50,7 +50,7 @@ impl SessionState {
 
 /// One connection's session, owned by its reactor's handler.
 #[derive(Debug)]
-pub struct Session {
+pub(super) struct Session {
     pub at: Loc,
     pub state: SessionState,
     /// A job is in flight: the connection is paused, deliveries are held.
@@ -62,7 +62,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(at: Loc) -> Session {
+    pub(super) fn new(at: Loc) -> Session {
         Session { at, state: SessionState::Anonymous, job: false, held: Vec::new(), drain_wanted: false }
     }
 }
@@ -70,23 +70,23 @@ impl Session {
 /// The sessions of one reactor, by slab key; a [`Loc`] of an earlier connection in a reused
 /// slot finds nothing.
 #[derive(Debug, Default)]
-pub struct Sessions {
+pub(super) struct Sessions {
     slots: Vec<Option<Session>>,
 }
 
 impl Sessions {
-    pub fn insert(&mut self, at: Loc) {
+    pub(super) fn insert(&mut self, at: Loc) {
         if self.slots.len() <= at.token {
             self.slots.resize_with(at.token + 1, || None);
         }
         self.slots[at.token] = Some(Session::new(at));
     }
 
-    pub fn get_mut(&mut self, at: Loc) -> Option<&mut Session> {
+    pub(super) fn get_mut(&mut self, at: Loc) -> Option<&mut Session> {
         self.slots.get_mut(at.token)?.as_mut().filter(|s| s.at == at)
     }
 
-    pub fn remove(&mut self, at: Loc) -> Option<Session> {
+    pub(super) fn remove(&mut self, at: Loc) -> Option<Session> {
         let slot = self.slots.get_mut(at.token)?;
         if slot.as_ref().is_some_and(|s| s.at == at) {
             return slot.take();
@@ -128,6 +128,6 @@ impl Out {
 }
 
 /// A stored message as it is delivered: with its newline.
-pub fn delivered(stored: String) -> Arc<str> {
+pub(super) fn delivered(stored: String) -> Arc<str> {
     Arc::from(stored + "\n")
 }
