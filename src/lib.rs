@@ -2,22 +2,29 @@
 //!
 //! # Layout
 //! ```text
-//!  clients ─► acceptor (server.rs) ── round-robin NewConn ──► worker reactors (net/)
-//!                                                               │ frame → Request (proto/)
-//!                                                               │ handler decides (service/)
-//!                  ┌────────── fast path: presence hit ─────────┤ Deliver to the owning reactor
-//!                  │                                            │ slow path: Job to the pool
-//!                  ▼                                            ▼
-//!      other reactor's channel                     blocking pool (pool.rs): store/ and bus/ calls
-//!                  ▲                                            │
-//!                  └──────── Deliver / Drain / JobDone ─────────┘
+//!  clients ─► net::Acceptor ── round-robin Msg::NewConn ──► worker reactors (net::Reactor<H>)
+//!                                                             │ transport: read, frame, write
+//!                                                             │ H = service::ChatHandler:
+//!                                                             │   frame → Request (proto/)
+//!                                                             │   Service::handle decides
+//!               ┌──────── fast path: presence hit ────────────┤ Event::Deliver to the owner
+//!               │                                             │ slow path: Job, conn paused
+//!               ▼                                             ▼
+//!   the owning reactor's channel                  blocking pool (pool.rs): store/ and bus/
+//!               ▲                                             │ mailbox lanes: ordered spills
+//!               └─── Event::Deliver / Drain / JobDone / Evict ┘ bus subscriber (cluster)
 //! ```
-//! - [`net`]: mio reactors, connections and their buffers. Only the owning reactor touches a socket.
-//! - [`proto`]: the streaming frame codec, the `Request` enum, reply encoding, errno.
-//! - [`service`]: sessions, presence and the chat logic; no sockets, no SQL.
-//! - [`store`]: the `Store` trait and its SQLite implementation.
-//! - [`bus`]: the `Bus` trait (cross-node routing) and its in-process implementation.
+//! - [`net`]: transport only. The acceptor, and a reactor generic over a [`net::Handler`]
+//!   (frames and channel messages in, decisions out through [`net::Io`]); the chat server and
+//!   the bench's bare relay are two handlers on the same loop.
+//! - [`proto`]: the streaming frame codec, `MsgId` and `Request`, reply encoding, errno, time.
+//! - [`service`]: sessions and their transitions, presence, the chat logic; no sockets, no SQL.
+//! - [`store`]: the `Store` trait: SQLite (embedded default), MySQL/MariaDB, memory.
+//! - [`bus`]: the `Bus` trait (cross-node routing): in-process (one node) and Redis (cluster).
 //! - [`server`]: wires the threads together and runs the graceful shutdown.
+//! - `client`, `bench` (default features): the terminal client and the load generator.
+//!
+//! The wire contract is `docs/PROTOCOL.md`; threads, ownership and invariants `docs/DESIGN.md`.
 #![deny(rust_2018_idioms)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

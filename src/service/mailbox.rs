@@ -149,7 +149,7 @@ impl Mailboxes {
 }
 
 /// After storing for `user`: a session that logged in meanwhile, here or on another node, may
-/// have taken its mailbox before the store, so ask it to take the mailbox again (invariant 3).
+/// have taken its mailbox before the store, so ask it to take the mailbox again (nothing lost: docs/DESIGN.md, invariant 3).
 pub(crate) fn poke_if_online(presence: &Presence, bus: &dyn Bus, outlet: &dyn Outlet, user: UserId) {
     match presence.get(user) {
         Some(loc) => outlet.drain(loc, user),
