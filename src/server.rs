@@ -16,6 +16,7 @@ use crate::net::{self, Acceptor, Limits, Msg, Router};
 use crate::pool::Pool;
 use crate::service::{ChatHandler, Delivery, Event, Outlet as _, Service};
 use crate::store::Store;
+use crate::UserId;
 
 pub use crate::net::ShutdownHandle;
 
@@ -57,7 +58,7 @@ impl Server {
             net::start_reactors("reactor", threads, limits, Some(quiet_tx), |_, router| {
                 ChatHandler::new(self.service.clone(), router.clone(), pool.handle())
             })?;
-        self.service.bus().start(self.inbox(&router))?;
+        self.service.bus().start(Box::new(NodeInbox { service: self.service.clone(), router: router.clone() }))?;
         log::info!("serving on {} with {threads} reactors", self.local_addr()?);
 
         let Server { acceptor, config, service } = self;
@@ -86,33 +87,38 @@ impl Server {
         log::info!("shut down");
         Ok(())
     }
+}
 
-    /// What the bus calls with messages from other nodes: deliver to the live session (under
-    /// the presence read lock, as every remote delivery), or store in order if it has gone.
-    fn inbox(&self, router: &Arc<Router<Event>>) -> Inbox {
-        let (service, router) = (self.service.clone(), router.clone());
-        let users = self.service.clone();
-        let (evicting, evict_router) = (self.service.clone(), router.clone());
-        let (draining, drain_router) = (self.service.clone(), router.clone());
-        Inbox {
-            deliver: Box::new(move |user, msg| {
-                let mut pending = Some(msg);
-                service.presence().with(user, |to| {
-                    if let Some(msg) = pending.take() {
-                        router.deliver(Delivery { to, user, msg });
-                    }
-                });
-                if let Some(msg) = pending {
-                    service.spill(user, vec![msg], router.clone());
-                }
-            }),
-            local_users: Box::new(move || users.presence().users()),
-            evict: Box::new(move |user| {
-                evicting.presence().with(user, |to| evict_router.evict(to));
-            }),
-            drain: Box::new(move |user| {
-                draining.presence().with(user, |to| drain_router.drain(to, user));
-            }),
+/// What the bus hands this node: deliver to the live session (under the presence read lock, as
+/// every remote delivery), or store in order if it has gone.
+#[derive(Debug)]
+struct NodeInbox {
+    service: Arc<Service>,
+    router: Arc<Router<Event>>,
+}
+
+impl Inbox for NodeInbox {
+    fn deliver(&self, user: UserId, msg: Arc<str>) {
+        let mut pending = Some(msg);
+        self.service.presence().with(user, |to| {
+            if let Some(msg) = pending.take() {
+                self.router.deliver(Delivery { to, user, msg });
+            }
+        });
+        if let Some(msg) = pending {
+            self.service.spill(user, vec![msg], self.router.clone());
         }
+    }
+
+    fn local_users(&self) -> Vec<UserId> {
+        self.service.presence().users()
+    }
+
+    fn evict(&self, user: UserId) {
+        self.service.presence().with(user, |to| self.router.evict(to));
+    }
+
+    fn drain(&self, user: UserId) {
+        self.service.presence().with(user, |to| self.router.drain(to, user));
     }
 }

@@ -12,22 +12,16 @@ mod redis;
 
 pub use self::redis::RedisBus;
 
-/// How a bus hands messages from other nodes to this one.
-pub struct Inbox {
+/// How a bus hands what arrives from other nodes to this one. Called on the bus's own thread.
+pub trait Inbox: Send + Sync + std::fmt::Debug {
     /// A message (newline included) for a user who should be live on this node.
-    pub deliver: Box<dyn Fn(UserId, Arc<str>) + Send + Sync>,
+    fn deliver(&self, user: UserId, msg: Arc<str>);
     /// The users live on this node, to claim again after the bus was lost.
-    pub local_users: Box<dyn Fn() -> Vec<UserId> + Send + Sync>,
+    fn local_users(&self) -> Vec<UserId>;
     /// Ends a user's session here: another node holds its presence.
-    pub evict: Box<dyn Fn(UserId) + Send + Sync>,
+    fn evict(&self, user: UserId);
     /// Has a live user fetch its mailbox (messages may have been stored while the bus was away).
-    pub drain: Box<dyn Fn(UserId) + Send + Sync>,
-}
-
-impl std::fmt::Debug for Inbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inbox").finish_non_exhaustive()
-    }
+    fn drain(&self, user: UserId);
 }
 
 /// The bus could not answer; the request gets errno 10.
@@ -65,7 +59,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
         false
     }
     /// Starts receiving messages for this node's users.
-    fn start(&self, _inbox: Inbox) -> std::io::Result<()> {
+    fn start(&self, _inbox: Box<dyn Inbox>) -> std::io::Result<()> {
         Ok(())
     }
     /// Stops receiving; joins what `start` started.

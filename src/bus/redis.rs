@@ -257,13 +257,13 @@ impl Bus for RedisBus {
 
     /// Returns once this node's channel is subscribed: before that, other nodes would take
     /// this node for dead (`NUMSUB` 0) and take its users over.
-    fn start(&self, inbox: Inbox) -> std::io::Result<()> {
+    fn start(&self, inbox: Box<dyn Inbox>) -> std::io::Result<()> {
         let (client, node, stop) = (self.client.clone(), self.node.clone(), self.stop.clone());
         let (ready_tx, ready) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new().name("bus-subscriber".into()).spawn(move || {
             let mut first = true;
             while !stop.load(Ordering::Acquire) {
-                if let Err(e) = subscribe(&client, &node, &inbox, &stop, first, &ready_tx) {
+                if let Err(e) = subscribe(&client, &node, &*inbox, &stop, first, &ready_tx) {
                     if first {
                         let _ = ready_tx.try_send(Err(e.0.clone()));
                     }
@@ -308,7 +308,7 @@ impl Bus for RedisBus {
 fn subscribe(
     client: &Client,
     node: &str,
-    inbox: &Inbox,
+    inbox: &dyn Inbox,
     stop: &AtomicBool,
     first: bool,
     ready: &crossbeam_channel::Sender<Result<(), String>>,
@@ -321,14 +321,14 @@ fn subscribe(
     pubsub.set_read_timeout(Some(Duration::from_millis(250)))?;
     if !first {
         let mut cmd_con = connect(client)?;
-        for user in (inbox.local_users)() {
+        for user in inbox.local_users() {
             let claimed: Option<String> =
                 Script::new(CLAIM).key(presence_key(user)).arg(node).invoke(&mut cmd_con).ok();
             match claimed.as_deref() {
-                Some("") => (inbox.drain)(user),
+                Some("") => inbox.drain(user),
                 Some(_) => {
                     log::warn!("user {user}: claimed by another node while Redis was away; closing the session here");
-                    (inbox.evict)(user);
+                    inbox.evict(user);
                 }
                 None => log::warn!("user {user}: presence not claimed again"),
             }
@@ -345,8 +345,8 @@ fn subscribe(
         let text = String::from_utf8_lossy(&payload);
         let (user, m) = text.split_once(' ').map_or((&*text, None), |(u, m)| (u, Some(m)));
         match (user.parse::<UserId>(), m) {
-            (Ok(user), Some(m)) => (inbox.deliver)(user, Arc::from(m)),
-            (Ok(user), None) => (inbox.drain)(user),
+            (Ok(user), Some(m)) => inbox.deliver(user, Arc::from(m)),
+            (Ok(user), None) => inbox.drain(user),
             (Err(_), _) => log::warn!("redis bus: malformed message on node:{node}"),
         }
     }
