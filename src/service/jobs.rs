@@ -8,15 +8,16 @@ use crate::proto::reply::{self, LoginData};
 use crate::proto::{Errno, MsgId};
 use crate::UserId;
 
-/// A dependency failed; the request is answered with errno 10.
-#[derive(Debug)]
-struct Unavailable;
-
-impl<E: std::fmt::Display> From<E> for Unavailable {
-    fn from(e: E) -> Self {
-        log::error!("{e}");
-        Unavailable
-    }
+/// A dependency failed; the request is answered with errno 10 and the cause logged once, with
+/// the job it stopped.
+#[derive(Debug, thiserror::Error)]
+enum Unavailable {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error(transparent)]
+    Hash(#[from] super::HashError),
 }
 
 impl Job {
@@ -32,6 +33,22 @@ impl JobKind {
     /// Not a logout: its session has already ended here, and the bus claim must go with it.
     pub fn sheddable(&self) -> bool {
         self.request().is_some() && !matches!(self, JobKind::Logout { .. })
+    }
+
+    /// For logs.
+    fn name(&self) -> &'static str {
+        match self {
+            JobKind::Login { .. } => "login",
+            JobKind::Register { .. } => "register",
+            JobKind::Chat { .. } => "chat",
+            JobKind::AddFriend { .. } => "add-friend",
+            JobKind::CreateGroup { .. } => "create-group",
+            JobKind::AddGroup { .. } => "add-group",
+            JobKind::GroupChat { .. } => "group chat",
+            JobKind::Drain { .. } => "mailbox drain",
+            JobKind::Offline { .. } => "session end",
+            JobKind::Logout { .. } => "logout",
+        }
     }
 
     fn request(&self) -> Option<MsgId> {
@@ -53,6 +70,7 @@ impl Service {
     /// Carries out a job for the connection at `here`.
     pub fn run(&self, job: Job, here: Loc, outlet: &dyn Outlet) -> Outcome {
         let req = job.kind.request();
+        let what = job.kind.name();
         let seq = job.seq;
         let error = |errno: Errno, errmsg: &str| Outcome {
             reply: req.map(|r| reply::error(Some(r.code().into()), seq.as_ref(), errno, errmsg)),
@@ -142,14 +160,17 @@ impl Service {
                 JobKind::Logout { user } => {
                     // The session has ended here whatever the bus says; a claim left behind is
                     // released later (see `go_offline`).
-                    if let Err(Unavailable) = self.go_offline(user, outlet) {
-                        log::warn!("user {user}: logged out with the bus claim or state not cleared");
+                    if let Err(e) = self.go_offline(user, outlet) {
+                        log::warn!("user {user}: logged out with the bus claim or state not cleared: {e}");
                     }
                     ok(None)
                 }
             })
         })();
-        result.unwrap_or_else(|Unavailable| error(Errno::Unavailable, Errno::Unavailable.message()))
+        result.unwrap_or_else(|e| {
+            log::error!("{what} for connection {}.{}: {e}", here.reactor, here.conn);
+            error(Errno::Unavailable, Errno::Unavailable.message())
+        })
     }
 
     /// Checks the password, claims presence, then reads what the ack shows. The mailbox is taken
@@ -207,7 +228,7 @@ impl Service {
         let result = self.release_claim(user, outlet);
         match result {
             Ok(()) => self.retry_releases(outlet),
-            Err(Unavailable) => self.unreleased.lock().push(user),
+            Err(_) => self.unreleased.lock().push(user),
         }
         result
     }
@@ -215,7 +236,7 @@ impl Service {
     fn retry_releases(&self, outlet: &dyn Outlet) {
         let pending = std::mem::take(&mut *self.unreleased.lock());
         for user in pending {
-            if let Err(Unavailable) = self.release_claim(user, outlet) {
+            if self.release_claim(user, outlet).is_err() {
                 self.unreleased.lock().push(user);
             }
         }

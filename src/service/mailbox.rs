@@ -134,7 +134,7 @@ impl Mailboxes {
     pub(crate) fn store(&self, user: UserId, msg: Arc<str>, cap: usize) -> StoreResult<bool> {
         let (tx, rx) = bounded(1);
         self.send(Write { user, msgs: vec![msg], cap: Some(cap), reply: Some(tx), poke: None });
-        rx.recv().unwrap_or_else(|_| Err(StoreError("mailboxes closed".into())))
+        rx.recv().unwrap_or_else(|_| Err(StoreError::Closed))
     }
 
     /// Finishes every queued write, then joins the lanes.

@@ -14,10 +14,34 @@ pub use sqlite::SqliteStore;
 
 use crate::{GroupId, UserId};
 
-/// The store could not answer; the request gets errno 10 and nothing was changed.
+/// Why the store could not answer. A request that meets one gets errno 10 and nothing was
+/// changed; the cause is kept for the log.
 #[derive(Debug, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store unavailable: {0}")]
+    Mysql(#[source] ::mysql::Error),
+    /// A lock conflict that outlasted the retries (deadlock victim, lock wait timeout).
+    #[error("store conflict: {0}")]
+    Conflict(#[source] ::mysql::Error),
+    /// Data the store cannot represent: an id out of range (a table edited by hand).
+    #[error("store data out of range: {0}")]
+    OutOfRange(&'static str),
+    /// The node is shutting down: its mailbox lanes are gone.
+    #[error("store closed")]
+    Closed,
+    /// A `--store` spec that names no store this node can open.
+    #[error("{0}")]
+    Spec(String),
+    /// Opening `spec` (password redacted) failed.
+    #[error("{spec}: {source}")]
+    Open {
+        spec: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+}
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -81,11 +105,12 @@ pub fn open(spec: &str, conns: usize) -> StoreResult<Box<dyn Store>> {
     } else if spec.starts_with("mysql://") {
         MysqlStore::open(spec, conns).map(|s| Box::new(s) as Box<dyn Store>)
     } else {
-        return Err(StoreError(format!(
-            "unsupported store {spec:?}: expected sqlite:PATH, mysql://user:pass@host:port/db or memory"
+        return Err(StoreError::Spec(format!(
+            "unsupported store {:?}: expected sqlite:PATH, mysql://user:pass@host:port/db or memory",
+            redacted(spec)
         )));
     };
-    opened.map_err(|e| StoreError(format!("{}: {}", redacted(spec), e.0)))
+    opened.map_err(|e| StoreError::Open { spec: redacted(spec), source: Box::new(e) })
 }
 
 /// `spec` with any password replaced, for messages and logs.

@@ -24,7 +24,10 @@ pub struct MysqlStore {
 
 impl From<mysql::Error> for StoreError {
     fn from(e: mysql::Error) -> Self {
-        StoreError(e.to_string())
+        match &e {
+            mysql::Error::MySqlError(m) if matches!(m.code, 1205 | 1213) => StoreError::Conflict(e),
+            _ => StoreError::Mysql(e),
+        }
     }
 }
 
@@ -38,7 +41,7 @@ impl MysqlStore {
     /// Connects to `url` (`mysql://user:pass@host:port/db`) with up to `conns` connections and
     /// creates the tables that are missing.
     pub fn open(url: &str, conns: usize) -> StoreResult<MysqlStore> {
-        let opts = Opts::from_url(url).map_err(|e| StoreError(format!("bad url: {e}")))?;
+        let opts = Opts::from_url(url).map_err(|e| StoreError::Spec(format!("bad url: {e}")))?;
         let constraints = PoolConstraints::new(1, conns.max(1)).unwrap_or_default();
         let opts = OptsBuilder::from_opts(opts)
             .tcp_connect_timeout(Some(IO_TIMEOUT))
@@ -100,7 +103,7 @@ impl Store for MysqlStore {
         if conn.affected_rows() == 0 {
             return Ok(None);
         }
-        let id = u32::try_from(conn.last_insert_id()).map_err(|_| StoreError("user id out of range".into()))?;
+        let id = u32::try_from(conn.last_insert_id()).map_err(|_| StoreError::OutOfRange("user id"))?;
         Ok(Some(id))
     }
 
@@ -146,7 +149,7 @@ impl Store for MysqlStore {
             }
             Ok(id)
         })?;
-        id.ok_or_else(|| StoreError("group id out of range".into()))
+        id.ok_or(StoreError::OutOfRange("group id"))
     }
 
     fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<bool> {

@@ -18,12 +18,6 @@ pub struct SqliteStore {
     next: AtomicUsize,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
-    }
-}
-
 /// Ids are `INTEGER` in SQLite; anything outside `u32` means the file was edited by hand.
 fn id_of(v: i64) -> rusqlite::Result<u32> {
     u32::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, v))
@@ -35,7 +29,8 @@ impl SqliteStore {
         let path = path.as_ref();
         let mut all = Vec::new();
         for i in 0..conns.max(1) {
-            let conn = Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+            let conn = Connection::open(path)
+                .map_err(|e| StoreError::Open { spec: path.display().to_string(), source: Box::new(e.into()) })?;
             conn.busy_timeout(Duration::from_secs(5))?;
             // WAL lets readers run beside the writer; NORMAL still survives a process crash.
             conn.pragma_update(None, "journal_mode", "WAL")?;
