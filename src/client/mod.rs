@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::proto::codec::{Decoded, Decoder};
 use crate::proto::time::{format_utc, now_ms};
+use crate::proto::Request;
 use crate::UserId;
 use command::Command;
 pub use view::{Style, View};
@@ -206,7 +207,7 @@ impl Session {
                         continue;
                     };
                     let Some(password) = input.secret("password: ") else { return Ok(()) };
-                    self.send(json!({"msgid":1,"id":id,"password":password}), None)?;
+                    self.send(Request::Login { id, password }.to_json(), None)?;
                     let Some(ack) = self.reply()? else { continue };
                     if ack["errno"] != 0 {
                         self.print(&self.shared.view.failed("login", &ack));
@@ -223,7 +224,7 @@ impl Session {
                 "2" | "register" => {
                     let Some(name) = input.line("username: ") else { return Ok(()) };
                     let Some(password) = input.secret("password: ") else { return Ok(()) };
-                    self.send(json!({"msgid":4,"name":name.trim(),"password":password}), None)?;
+                    self.send(Request::Register { name: name.trim().to_owned(), password }.to_json(), None)?;
                     match self.reply()? {
                         Some(ack) if ack["errno"] == 0 => self.print(&self.shared.view.registered(&ack)),
                         Some(ack) => self.print(&self.shared.view.failed("register", &ack)),
@@ -259,21 +260,27 @@ impl Session {
                 }
                 Ok(Command::Quit) => return Ok(After::Quit),
                 Ok(Command::Loginout) => {
-                    self.send(json!({"msgid":3,"id":me}), Some("loginout"))?;
+                    self.send(Request::Logout { id: Some(me) }.to_json(), Some("loginout"))?;
                     self.wait_for_outcomes();
                     self.print(&self.shared.view.event("logged out", "loggedout"));
                     return Ok(After::Menu);
                 }
                 Ok(Command::Chat { to, msg }) => {
-                    (json!({"msgid":6,"id":me,"name":name,"toid":to,"msg":msg,"time":time()}), "chat")
+                    let mut chat = Request::OneChat { id: Some(me), toid: to, msg, time: Some(time()) }.to_json();
+                    chat["name"] = name.into(); // as canonical clients do
+                    (chat, "chat")
                 }
-                Ok(Command::AddFriend { id }) => (json!({"msgid":7,"id":me,"friendid":id}), "addfriend"),
+                Ok(Command::AddFriend { id }) => {
+                    (Request::AddFriend { id: Some(me), friendid: id }.to_json(), "addfriend")
+                }
                 Ok(Command::CreateGroup { name: g, desc }) => {
-                    (json!({"msgid":8,"id":me,"groupname":g,"groupdesc":desc}), "creategroup")
+                    (Request::CreateGroup { id: Some(me), name: g, desc }.to_json(), "creategroup")
                 }
-                Ok(Command::AddGroup { id }) => (json!({"msgid":9,"id":me,"groupid":id}), "addgroup"),
+                Ok(Command::AddGroup { id }) => (Request::AddGroup { id: Some(me), groupid: id }.to_json(), "addgroup"),
                 Ok(Command::GroupChat { id, msg }) => {
-                    (json!({"msgid":10,"id":me,"name":name,"groupid":id,"msg":msg,"time":time()}), "groupchat")
+                    let mut chat = Request::GroupChat { id: Some(me), groupid: id, msg, time: Some(time()) }.to_json();
+                    chat["name"] = name.into();
+                    (chat, "groupchat")
                 }
             };
             self.send(request, Some(what))?;

@@ -68,6 +68,53 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request as a client sends it (without `seq`): what [`parse_body`] reads back.
+    /// Canonical clients also put the sender's `name` in a chat; the server ignores it.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Value| drop(m.insert(k.to_owned(), v));
+        let msgid = match self {
+            Request::Login { .. } => MsgId::Login,
+            Request::Logout { .. } => MsgId::Logout,
+            Request::Register { .. } => MsgId::Register,
+            Request::OneChat { .. } => MsgId::OneChat,
+            Request::AddFriend { .. } => MsgId::AddFriend,
+            Request::CreateGroup { .. } => MsgId::CreateGroup,
+            Request::AddGroup { .. } => MsgId::AddGroup,
+            Request::GroupChat { .. } => MsgId::GroupChat,
+        };
+        put("msgid", msgid.code().into());
+        if let Some(id) = self.claimed_id() {
+            put("id", id.into());
+        }
+        match self {
+            Request::Login { id, password } => {
+                put("id", (*id).into());
+                put("password", password.as_str().into());
+            }
+            Request::Register { name, password } => {
+                put("name", name.as_str().into());
+                put("password", password.as_str().into());
+            }
+            Request::Logout { .. } => {}
+            Request::OneChat { toid, msg, time, .. } | Request::GroupChat { groupid: toid, msg, time, .. } => {
+                let key = if msgid == MsgId::OneChat { "toid" } else { "groupid" };
+                put(key, (*toid).into());
+                put("msg", msg.as_str().into());
+                if let Some(time) = time {
+                    put("time", time.as_str().into());
+                }
+            }
+            Request::AddFriend { friendid, .. } => put("friendid", (*friendid).into()),
+            Request::CreateGroup { name, desc, .. } => {
+                put("groupname", name.as_str().into());
+                put("groupdesc", desc.as_str().into());
+            }
+            Request::AddGroup { groupid, .. } => put("groupid", (*groupid).into()),
+        }
+        Value::Object(m)
+    }
+
     /// The `id` the client claims to be, for the identity check.
     pub fn claimed_id(&self) -> Option<UserId> {
         match *self {
@@ -350,6 +397,27 @@ mod tests {
     fn parse(v: Value) -> Result<Request, FieldError> {
         let env = parse_envelope(v).map_err(|r| (r.errno, r.errmsg))?;
         parse_body(env.msgid, env.fields, LIMITS)
+    }
+
+    /// What a client encodes, the server parses back unchanged.
+    #[test]
+    fn requests_round_trip() {
+        let (msg, time) = ("hi \"there\"".to_owned(), Some("t".to_owned()));
+        let requests = [
+            Request::Login { id: 1, password: "pw".into() },
+            Request::Logout { id: Some(1) },
+            Request::Logout { id: None },
+            Request::Register { name: "alice".into(), password: "pw".into() },
+            Request::OneChat { id: Some(1), toid: 2, msg: msg.clone(), time: time.clone() },
+            Request::OneChat { id: None, toid: 2, msg: "x".into(), time: None },
+            Request::AddFriend { id: Some(1), friendid: 2 },
+            Request::CreateGroup { id: Some(1), name: "g".into(), desc: "d".into() },
+            Request::AddGroup { id: None, groupid: 3 },
+            Request::GroupChat { id: Some(1), groupid: 3, msg, time },
+        ];
+        for r in requests {
+            assert_eq!(parse(r.to_json()).unwrap(), r);
+        }
     }
 
     #[test]
