@@ -25,13 +25,6 @@ struct Data {
     mailboxes: HashMap<UserId, VecDeque<String>>,
 }
 
-impl MemoryStore {
-    /// Whether `User.state` says online: what tools reading the table would see.
-    pub fn state_online(&self, id: UserId) -> bool {
-        self.data.lock().online.contains(&id)
-    }
-}
-
 impl Store for MemoryStore {
     fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<Option<UserId>> {
         let mut d = self.data.lock();
