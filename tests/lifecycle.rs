@@ -33,7 +33,7 @@ fn a_slow_reader_is_cut_off_and_loses_nothing() {
     let mut slow = Client::connect(server.addr);
     slow.login_ok(ids[1], "pw");
     let baseline = support::rss_kib(server.child.id());
-    let body = "x".repeat(8000);
+    let body = "x".repeat(16_000);
     let mut writer = sender.stream.try_clone().unwrap();
     let flood = thread::spawn(move || {
         use std::io::Write;
@@ -75,8 +75,11 @@ fn a_slow_reader_is_cut_off_and_loses_nothing() {
         .collect();
     got.extend(&stored);
     assert_eq!(got, (0..MESSAGES).collect::<Vec<_>>(), "{live} live, {} stored", stored.len());
-    // 3000 × 8 KB went through; the cut-off reader's queue was capped at 1 MiB.
-    assert!(grown < 16 * 1024, "server grew by {grown} KiB during the flood");
+    // 3000 × 16 KB (48 MB) went through; the cut-off reader's queue was capped at 1 MiB. The
+    // rest of the growth is the allocator and the store's buffers keeping what they once held,
+    // which varies run to run (up to about 19 MiB with 8 KB messages): a server that held the
+    // flood would pass 48 MB.
+    assert!(grown < 24 * 1024, "server grew by {grown} KiB during the flood");
     eprintln!("slow reader: {live} live, {} stored; server RSS grew {grown} KiB", stored.len());
 }
 
