@@ -194,20 +194,12 @@ impl ChatHandler {
                 if s.job {
                     s.held.push((d.user, d.msg));
                 } else if let Err(out) = io.send(d.to, Out::Chat(d.user, d.msg)) {
-                    self.spill_out(vec![out]);
+                    self.spill(messages_of(vec![out]));
                 }
             }
             // The session ended after the sender looked it up: the message is not lost.
             _ => self.spill(vec![(d.user, d.msg)]),
         }
-    }
-
-    fn spill_out(&self, unsent: Vec<Out>) {
-        let mut msgs = Vec::new();
-        for out in unsent {
-            out.into_unsent(&mut msgs);
-        }
-        self.spill(msgs);
     }
 
     fn on_drain(&mut self, io: &mut impl Io<Self>, to: Loc, user: UserId) {
@@ -307,10 +299,7 @@ impl ChatHandler {
 
     /// The connection is gone: end its session; what it never received goes to the mailbox.
     fn closed(&mut self, io: &mut impl Io<Self>, at: Loc, unsent: Vec<Out>) {
-        let mut msgs = Vec::new();
-        for out in unsent {
-            out.into_unsent(&mut msgs);
-        }
+        let mut msgs = messages_of(unsent);
         let Some(mut session) = self.sessions.remove(at) else { return self.spill(msgs) };
         msgs.append(&mut session.held);
         match session.state.live_id() {
@@ -387,6 +376,15 @@ impl Handler for ChatHandler {
     fn busy(&self) -> bool {
         self.jobs_in_flight > 0
     }
+}
+
+/// The messages inside output that was never written.
+fn messages_of(unsent: Vec<Out>) -> Vec<(UserId, Arc<str>)> {
+    let mut msgs = Vec::new();
+    for out in unsent {
+        out.into_unsent(&mut msgs);
+    }
+    msgs
 }
 
 /// Queues `out` on `at`, or keeps what it carries for the mailbox if `at` cannot be written.
