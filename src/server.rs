@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::bus::{Bus, Inbox};
+use crate::bus::{Bus, BusError, Inbox};
 use crate::config::Config;
-use crate::net::{self, Acceptor, Limits, Msg, Router};
+use crate::net::{self, Acceptor, Limits, Loc, Msg, Router};
 use crate::pool::Pool;
 use crate::service::{ChatHandler, Delivery, Event, Outlet as _, Service};
 use crate::store::Store;
@@ -58,7 +58,7 @@ impl Server {
             net::start_reactors("reactor", threads, limits, Some(quiet_tx), |_, router| {
                 ChatHandler::new(self.service.clone(), router.clone(), pool.handle())
             })?;
-        self.service.bus().start(Box::new(NodeInbox { service: self.service.clone(), router: router.clone() }))?;
+        self.service.bus().start(Arc::new(NodeInbox { service: self.service.clone(), router: router.clone() }))?;
         log::info!("serving on {} with {threads} reactors", self.local_addr()?);
 
         let Server { acceptor, config, service } = self;
@@ -120,5 +120,9 @@ impl Inbox for NodeInbox {
 
     fn drain(&self, user: UserId) {
         self.service.presence().with(user, |to| self.router.drain(to, user));
+    }
+
+    fn routed(&self, from: Loc, result: Result<bool, BusError>) {
+        self.router.send(from.reactor, Event::Routed { from, result });
     }
 }

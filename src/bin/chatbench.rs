@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         return match idle(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("chatbench: {e}");
+                eprintln!("chatbench: {e:#}");
                 ExitCode::FAILURE
             }
         };
@@ -200,20 +200,21 @@ fn addrs(args: &Args) -> Vec<String> {
 
 /// `idle`: the parent spreads the sessions over child processes (each from its own 127.0.0.x
 /// source address), waits until all are logged in, measures, then lets them go.
-fn idle(args: &Args) -> Result<(), String> {
+fn idle(args: &Args) -> anyhow::Result<()> {
+    use anyhow::{anyhow, Context as _};
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     if let Some(share) = &args.share {
         // Child: log in our share, say so, hold the sessions until stdin closes.
         let mut parts = share.splitn(3, ':');
         let (Some(index), Some(count), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("bad share {share:?}"));
+            anyhow::bail!("bad share {share:?}");
         };
-        let index: u8 = index.parse().map_err(|e| format!("{e}"))?;
-        let count: usize = count.parse().map_err(|e| format!("{e}"))?;
+        let index: u8 = index.parse().context("share index")?;
+        let count: usize = count.parse().context("share count")?;
         let source = std::net::Ipv4Addr::new(127, 0, 1, index.saturating_add(1));
         let held =
-            chat::bench::idle_share(&args.addr, source, &format!("{tag}-{index}"), count).map_err(|e| e.to_string())?;
+            chat::bench::idle_share(&args.addr, source, &format!("{tag}-{index}"), count).context("idle sessions")?;
         println!("ready {}", held.len());
         let _ = std::io::stdout().flush();
         let mut line = String::new();
@@ -229,25 +230,25 @@ fn idle(args: &Args) -> Result<(), String> {
     let mut children = Vec::new();
     for i in 0..procs {
         let count = args.connections / procs + usize::from(i < args.connections % procs);
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = std::env::current_exe()?;
         let child = Command::new(exe)
             .args(["idle", "--addr", &nodes[i % nodes.len()], "--share", &format!("{i}:{count}:{tag}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| e.to_string())?;
+            .context("a client process")?;
         children.push(child);
     }
     let mut held = 0;
     for child in &mut children {
         let mut line = String::new();
         if let Some(out) = child.stdout.as_mut() {
-            BufReader::new(out).read_line(&mut line).map_err(|e| e.to_string())?;
+            BufReader::new(out).read_line(&mut line)?;
         }
         held += line
             .strip_prefix("ready ")
             .and_then(|n| n.trim().parse::<usize>().ok())
-            .ok_or("a client process failed")?;
+            .ok_or_else(|| anyhow!("a client process failed"))?;
     }
     let seconds = start.elapsed().as_secs_f64();
     std::thread::sleep(std::time::Duration::from_millis(500));

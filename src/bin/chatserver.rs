@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::{bail, Context as _};
 use chat::bus::{Bus, LocalBus, RedisBus};
 use chat::config::HashCost;
 use chat::{Config, Server};
@@ -65,14 +66,14 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
-            eprintln!("chatserver: {e}");
+            log::error!("{e:#}");
+            eprintln!("chatserver: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> anyhow::Result<()> {
     let defaults = Config::default();
     let config = Config {
         threads: args.threads.unwrap_or(defaults.threads),
@@ -85,22 +86,22 @@ fn run(args: Args) -> Result<(), String> {
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         ..defaults
     };
-    let store = chat::store::open(&args.store, config.store_connections()).map_err(|e| format!("--store {e}"))?;
+    let store = chat::store::open(&args.store, config.store_connections()).context("--store")?;
     let bus: Box<dyn Bus> = match args.bus.as_str() {
         "local" => Box::new(LocalBus),
         url if url.starts_with("redis://") => {
             let node = args.node_id.unwrap_or_else(random_node_id);
-            let bus = RedisBus::connect(url, &node).map_err(|e| format!("--bus {e}"))?;
+            let bus = RedisBus::connect(url, &node).context("--bus")?;
             log::info!("node {node} on bus {url}");
             Box::new(bus)
         }
-        other => return Err(format!("unsupported --bus {other:?}: expected local or redis://host:port")),
+        other => bail!("unsupported --bus {other:?}: expected local or redis://host:port"),
     };
-    let listener = TcpListener::bind(&args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let server = Server::new(listener, config, store, bus).map_err(|e| e.to_string())?;
-    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(&args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let server = Server::new(listener, config, store, bus).context("cannot start the node")?;
+    let addr = server.local_addr()?;
     let handle = server.shutdown_handle();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("signal handlers")?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             log::info!("signal {sig}: shutting down");
@@ -109,7 +110,7 @@ fn run(args: Args) -> Result<(), String> {
     });
     // Scripts and tests read the bound address from this line (useful with port 0).
     println!("listening on {addr}");
-    server.run().map_err(|e| e.to_string())
+    Ok(server.run()?)
 }
 
 fn random_node_id() -> String {

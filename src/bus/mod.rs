@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::net::Loc;
 use crate::UserId;
 
 mod redis;
@@ -22,15 +23,47 @@ pub trait Inbox: Send + Sync + std::fmt::Debug {
     fn evict(&self, user: UserId);
     /// Has a live user fetch its mailbox (messages may have been stored while the bus was away).
     fn drain(&self, user: UserId);
+    /// The answer to a [`Bus::route_async`] that was [`Routing::Queued`] for the sender at `from`.
+    fn routed(&self, from: Loc, result: Result<bool, BusError>);
 }
 
-/// The bus could not answer; the request gets errno 10.
-#[derive(Debug, thiserror::Error)]
-#[error("bus unavailable: {0}")]
-pub struct BusError(pub String);
+/// The bus could not answer; the request gets errno 10. Clone: one failed round trip fails
+/// every route it carried.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    #[error("redis timed out: {0}")]
+    Timeout(#[source] Arc<::redis::RedisError>),
+    #[error("redis: {0}")]
+    Io(#[source] Arc<::redis::RedisError>),
+    #[error("redis at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: Arc<::redis::RedisError>,
+    },
+    #[error("redis answered {0}")]
+    Protocol(&'static str),
+    #[error("the bus publisher has stopped")]
+    Stopped,
+}
 
-/// Called with the outcome of [`Bus::route_async`], on whatever thread has it.
-pub type RouteDone = Box<dyn FnOnce(Result<bool, BusError>) + Send>;
+impl From<::redis::RedisError> for BusError {
+    fn from(e: ::redis::RedisError) -> Self {
+        match e.is_timeout() {
+            true => BusError::Timeout(Arc::new(e)),
+            false => BusError::Io(Arc::new(e)),
+        }
+    }
+}
+
+/// What became of a message handed to [`Bus::route_async`].
+#[derive(Debug)]
+pub enum Routing {
+    /// Settled at once: `true` if a node received it.
+    Done(Result<bool, BusError>),
+    /// In flight: the answer comes to [`Inbox::routed`].
+    Queued,
+}
 
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Claims cluster-wide presence for `user`, logging in on this node. `false`: live elsewhere.
@@ -40,11 +73,12 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Delivers an encoded message to `user` on another node. `false`: not online elsewhere.
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError>;
     /// Like `route`, without blocking the caller: many messages can share one round trip.
-    /// Messages handed over one after the other are routed in that order. Called on reactor
-    /// threads: the default, which routes in place, suits only a bus that never blocks; a bus
-    /// that does I/O overrides it.
-    fn route_async(&self, user: UserId, msg: Arc<str>, done: RouteDone) {
-        done(self.route(user, &msg));
+    /// Messages handed over one after the other are routed in that order; `from` (the sender)
+    /// comes back with the answer. Called on reactor threads: the default, which routes in
+    /// place, suits only a bus that never blocks; a bus that does I/O overrides it.
+    fn route_async(&self, user: UserId, msg: Arc<str>, from: Loc) -> Routing {
+        let _ = from;
+        Routing::Done(self.route(user, &msg))
     }
     /// Asks the node where `user` is live, if another, to have the session fetch its mailbox:
     /// something was stored for it after it may have taken the mailbox at login.
@@ -59,7 +93,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
         false
     }
     /// Starts receiving messages for this node's users.
-    fn start(&self, _inbox: Box<dyn Inbox>) -> std::io::Result<()> {
+    fn start(&self, _inbox: Arc<dyn Inbox>) -> std::io::Result<()> {
         Ok(())
     }
     /// Stops receiving; joins what `start` started.

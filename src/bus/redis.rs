@@ -20,7 +20,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Script};
 
-use super::{Bus, BusError, Inbox, RouteDone};
+use super::{Bus, BusError, Inbox, Routing};
+use crate::net::Loc;
 use crate::UserId;
 
 /// Connect, read and write timeout: a dead Redis turns into errno 10, not a hang.
@@ -54,12 +55,6 @@ local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return redis.call('PUBLISH', 'node:' .. owner, ARGV[2]) end
 return 0";
 
-impl From<redis::RedisError> for BusError {
-    fn from(e: redis::RedisError) -> Self {
-        BusError(e.to_string())
-    }
-}
-
 fn presence_key(user: UserId) -> String {
     format!("online:{user}")
 }
@@ -80,7 +75,7 @@ pub struct RedisBus {
 struct Route {
     user: UserId,
     msg: Arc<str>,
-    done: RouteDone,
+    from: Loc,
 }
 
 /// Most routes sent in one pipeline.
@@ -89,7 +84,7 @@ const MAX_BATCH: usize = 512;
 /// The publisher: takes every route queued so far and sends them as one pipeline, so the cost
 /// of a round trip is shared by all messages in flight on the node. FIFO, one connection: routes
 /// leave in the order they were handed over.
-fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>) {
+fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: Arc<dyn Inbox>) {
     let script = Script::new(ROUTE);
     let mut con: Option<Connection> = None;
     while let Ok(first) = rx.recv() {
@@ -121,18 +116,18 @@ fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>) {
         match result {
             Ok(receivers) if receivers.len() == batch.len() => {
                 for (r, n) in batch.into_iter().zip(receivers) {
-                    (r.done)(Ok(n > 0));
+                    inbox.routed(r.from, Ok(n > 0));
                 }
             }
             other => {
                 con = None; // reconnect for the next batch
                 let e = match other {
                     Err(e) => e,
-                    Ok(_) => BusError("short pipeline reply".into()),
+                    Ok(_) => BusError::Protocol("a short pipeline reply"),
                 };
                 log::error!("redis bus: {} routes failed: {e}", batch.len());
                 for r in batch {
-                    (r.done)(Err(BusError(e.0.clone())));
+                    inbox.routed(r.from, Err(e.clone()));
                 }
             }
         }
@@ -156,9 +151,12 @@ impl RedisBus {
     /// Connects to `url` (`redis://host:port`) as node `node`; fails at once if Redis cannot be
     /// reached, so a node never starts half-wired.
     pub fn connect(url: &str, node: &str) -> Result<RedisBus, BusError> {
-        let client = Client::open(url).map_err(|e| BusError(format!("{url}: {e}")))?;
-        let mut con = connect(&client).map_err(|e| BusError(format!("{url}: {}", e.0)))?;
-        redis::cmd("PING").query::<String>(&mut con).map_err(|e| BusError(format!("{url}: {e}")))?;
+        let at = |source| BusError::Connect { url: url.to_owned(), source: Arc::new(source) };
+        let client = Client::open(url).map_err(at)?;
+        let mut con = client.get_connection_with_timeout(TIMEOUT).map_err(at)?;
+        con.set_read_timeout(Some(TIMEOUT)).map_err(at)?;
+        con.set_write_timeout(Some(TIMEOUT)).map_err(at)?;
+        redis::cmd("PING").query::<String>(&mut con).map_err(at)?;
         Ok(RedisBus {
             client,
             node: node.to_owned(),
@@ -229,17 +227,16 @@ impl Bus for RedisBus {
         Ok(receivers > 0)
     }
 
-    fn route_async(&self, user: UserId, msg: Arc<str>, done: RouteDone) {
+    fn route_async(&self, user: UserId, msg: Arc<str>, from: Loc) -> Routing {
         let publisher = self.publisher.lock();
         match publisher.as_ref() {
-            Some((tx, _)) => {
-                if let Err(e) = tx.send(Route { user, msg, done }) {
-                    (e.0.done)(Err(BusError("the publisher has stopped".into())));
-                }
-            }
+            Some((tx, _)) => match tx.send(Route { user, msg, from }) {
+                Ok(()) => Routing::Queued,
+                Err(_) => Routing::Done(Err(BusError::Stopped)),
+            },
             None => {
                 drop(publisher);
-                done(self.route(user, &msg)); // not started: route in place
+                Routing::Done(self.route(user, &msg)) // not started: route in place
             }
         }
     }
@@ -257,15 +254,16 @@ impl Bus for RedisBus {
 
     /// Returns once this node's channel is subscribed: before that, other nodes would take
     /// this node for dead (`NUMSUB` 0) and take its users over.
-    fn start(&self, inbox: Box<dyn Inbox>) -> std::io::Result<()> {
+    fn start(&self, inbox: Arc<dyn Inbox>) -> std::io::Result<()> {
         let (client, node, stop) = (self.client.clone(), self.node.clone(), self.stop.clone());
+        let subscriber_inbox = inbox.clone();
         let (ready_tx, ready) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new().name("bus-subscriber".into()).spawn(move || {
             let mut first = true;
             while !stop.load(Ordering::Acquire) {
-                if let Err(e) = subscribe(&client, &node, &*inbox, &stop, first, &ready_tx) {
+                if let Err(e) = subscribe(&client, &node, &*subscriber_inbox, &stop, first, &ready_tx) {
                     if first {
-                        let _ = ready_tx.try_send(Err(e.0.clone()));
+                        let _ = ready_tx.try_send(Err(e.clone()));
                     }
                     log::error!("redis bus: {e}; reconnecting");
                     std::thread::sleep(RETRY);
@@ -277,7 +275,7 @@ impl Bus for RedisBus {
         let (tx, rx) = crossbeam_channel::unbounded();
         let client = self.client.clone();
         let publisher =
-            std::thread::Builder::new().name("bus-publisher".into()).spawn(move || publish_loop(client, rx))?;
+            std::thread::Builder::new().name("bus-publisher".into()).spawn(move || publish_loop(client, rx, inbox))?;
         *self.publisher.lock() = Some((tx, publisher));
         match ready.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(()),
@@ -311,7 +309,7 @@ fn subscribe(
     inbox: &dyn Inbox,
     stop: &AtomicBool,
     first: bool,
-    ready: &crossbeam_channel::Sender<Result<(), String>>,
+    ready: &crossbeam_channel::Sender<Result<(), BusError>>,
 ) -> Result<(), BusError> {
     let mut con = connect(client)?;
     let mut pubsub = con.as_pubsub();

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::session::{delivered, Out, SessionState, Sessions};
 use super::{Delivery, Effect, Effects, Job, JobKind, Outcome, Outlet, Service, User};
+use crate::bus::{BusError, Routing};
 use crate::net::{Handler, Io, Loc, Router};
 use crate::pool::PoolHandle;
 use crate::proto::codec::FrameError;
@@ -32,6 +33,11 @@ pub enum Event {
     JobDone {
         at: Loc,
         outcome: Outcome,
+    },
+    /// The bus's answer to the chat the connection at `from` sent to another node.
+    Routed {
+        from: Loc,
+        result: Result<bool, BusError>,
     },
     /// Close the connection at `to`: its user is live on another node.
     Evict {
@@ -60,18 +66,23 @@ pub struct ChatHandler {
     router: Arc<Router<Event>>,
     pool: PoolHandle,
     sessions: Sessions,
+    /// Chats waiting for the bus's answer, by sender. Kept apart from the sessions: a sender
+    /// that closes meanwhile still has its message stored if nobody received it.
+    routing: HashMap<Loc, Job>,
     jobs_in_flight: usize,
     fx: Effects,
 }
 
 impl ChatHandler {
     pub(crate) fn new(service: Arc<Service>, router: Arc<Router<Event>>, pool: PoolHandle) -> ChatHandler {
-        ChatHandler { service, router, pool, sessions: Sessions::default(), jobs_in_flight: 0, fx: Effects::default() }
+        let (sessions, routing, fx) = (Sessions::default(), HashMap::new(), Effects::default());
+        ChatHandler { service, router, pool, sessions, routing, jobs_in_flight: 0, fx }
     }
 
     fn dispatch(&mut self, io: &mut impl Io<Self>, at: Loc, parsed: Parsed) {
         let Some(session) = self.sessions.get_mut(at) else { return };
-        let job = self.service.handle(&mut session.state, parsed, &mut self.fx);
+        self.service.handle(&mut session.state, parsed, &mut self.fx);
+        let job = self.fx.job.take();
         let ended = self.fx.ended.take();
         self.apply_effects(io, at);
         if let Some(user) = ended {
@@ -134,19 +145,32 @@ impl ChatHandler {
         session.job = true;
         io.pause(at);
         self.jobs_in_flight += 1;
-        let (service, router, pool) = (self.service.clone(), self.router.clone(), self.pool.clone());
-        let done = move |router: &Router<Event>, outcome| router.send(at.reactor, Event::JobDone { at, outcome });
-        let on_pool = {
-            let (service, router) = (service.clone(), router.clone());
-            move |job: Job| {
-                pool.submit(move || {
-                    let outcome = service.run(job, at, &*router);
-                    done(&router, outcome);
-                });
-            }
-        };
         // A chat goes to the bus first, sharing round trips; everything else to the pool.
-        service.chat(job, move |outcome| done(&router, outcome), on_pool);
+        if let JobKind::Chat { toid, msg } = &job.kind {
+            match self.service.route(*toid, msg.clone(), at) {
+                Routing::Queued => drop(self.routing.insert(at, job)),
+                Routing::Done(result) => self.settle_route(io, at, job, result),
+            }
+            return;
+        }
+        self.run_on_pool(at, job);
+    }
+
+    fn run_on_pool(&self, at: Loc, job: Job) {
+        let (service, router) = (self.service.clone(), self.router.clone());
+        self.pool.submit(move || {
+            let outcome = service.run(job, at, &*router);
+            router.send(at.reactor, Event::JobDone { at, outcome });
+        });
+    }
+
+    /// The bus answered the chat of `at`: done, or on to the pool to be stored. The pool runs
+    /// it even if the sender has gone: the message was accepted.
+    fn settle_route(&mut self, io: &mut impl Io<Self>, at: Loc, job: Job, result: Result<bool, BusError>) {
+        match self.service.routed(&job, result) {
+            Some(outcome) => self.on_job_done(io, at, outcome),
+            None => self.run_on_pool(at, job),
+        }
     }
 
     /// Pool work nobody waits for (store unsent messages, mark a session offline).
@@ -334,6 +358,10 @@ impl Handler for ChatHandler {
             Event::Deliver(d) => self.deliver(io, d),
             Event::Drain { to, user } => self.on_drain(io, to, user),
             Event::JobDone { at, outcome } => self.on_job_done(io, at, outcome),
+            Event::Routed { from, result } => match self.routing.remove(&from) {
+                Some(job) => self.settle_route(io, from, job, result),
+                None => log::error!("conn {}.{}: a bus answer for no chat", from.reactor, from.conn),
+            },
             Event::Evict { to } => {
                 if self.sessions.get_mut(to).is_some() {
                     let unsent = io.close(to, "the user is live on another node");
@@ -362,6 +390,11 @@ impl Handler for ChatHandler {
         for msg in leftover {
             match msg {
                 Event::Deliver(d) => self.spill(vec![(d.user, d.msg)]),
+                Event::Routed { from, result: Ok(false) } => {
+                    if let Some(Job { kind: JobKind::Chat { toid, msg }, .. }) = self.routing.remove(&from) {
+                        self.spill(vec![(toid, msg)]); // received by nobody: stored, as the pool would
+                    }
+                }
                 Event::JobDone { outcome: Outcome { effect: Effect::LoggedIn { data, .. }, .. }, .. } => {
                     self.spill(data.offline.into_iter().map(|m| (data.id, delivered(m))).collect());
                 }

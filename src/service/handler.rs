@@ -10,9 +10,9 @@ use crate::proto::{Errno, MsgId, Request};
 use crate::{GroupId, UserId};
 
 impl Service {
-    /// Handles one request of the connection at `here`. Replies and deliveries go to `fx`; a
-    /// returned job must finish before the connection's next request is handled.
-    pub fn handle(&self, session: &mut SessionState, frame: Parsed, fx: &mut Effects) -> Option<Job> {
+    /// Handles one request of a connection; every decision goes to `fx` (replies, deliveries,
+    /// the job that must finish before the connection's next request is handled).
+    pub fn handle(&self, session: &mut SessionState, frame: Parsed, fx: &mut Effects) {
         // A body that is still a map of fields is parsed below, after the session check.
         let (msgid, seq, body) = match frame {
             Parsed::Chat { msgid, seq, req } => (msgid, seq, Ok(req)),
@@ -20,13 +20,12 @@ impl Service {
                 Ok(Envelope { msgid, seq, fields }) => (msgid, seq, Err(fields)),
                 Err(rejection) => {
                     fx.replies.push(reply::rejection(&rejection));
-                    return None;
+                    return;
                 }
             },
         };
         let fail = |fx: &mut Effects, errno: Errno, errmsg: &str| {
             fx.replies.push(reply::error(Some(msgid.code().into()), seq.as_ref(), errno, errmsg));
-            None
         };
         let anonymous = matches!(msgid, MsgId::Login | MsgId::Register);
         if session.live().is_none() && !anonymous {
@@ -45,10 +44,10 @@ impl Service {
                     }
                     Request::Login { id, password } => {
                         *session = SessionState::LoggingIn(id);
-                        Some(Job { seq, kind: JobKind::Login { id, password } })
+                        fx.job = Some(Job { seq, kind: JobKind::Login { id, password } });
                     }
                     Request::Register { name, password } => {
-                        Some(Job { seq, kind: JobKind::Register { name, password } })
+                        fx.job = Some(Job { seq, kind: JobKind::Register { name, password } });
                     }
                     // Unreachable: anonymous requests are exactly login and register.
                     _ => fail(fx, Errno::NotLoggedIn, Errno::NotLoggedIn.message()),
@@ -62,7 +61,6 @@ impl Service {
             if let Some(seq) = &seq {
                 fx.replies.push(reply::ok(msgid, seq, None));
             }
-            None
         };
         let chat = |to: Target, msg: &str, time: Option<String>| {
             let ts = self.clock.now_ms();
@@ -105,7 +103,7 @@ impl Service {
                 JobKind::GroupChat { me: me.id, groupid, msg }
             }
         };
-        Some(Job { seq, kind })
+        fx.job = Some(Job { seq, kind });
     }
 
     /// The group fast path: when the member list is cached and every other member is live on

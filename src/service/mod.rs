@@ -27,7 +27,7 @@ pub use session::{Out, SessionState};
 
 pub use crate::net::Loc;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError, Routing};
 use crate::config::Config;
 use crate::proto::reply::{self, LoginData};
 use crate::proto::request::Limits;
@@ -78,6 +78,8 @@ pub struct Effects {
     pub deliveries: Vec<Delivery>,
     /// Pool work nobody waits for.
     pub background: Vec<Job>,
+    /// Work the connection waits for: it reads nothing further until the job is done.
+    pub job: Option<Job>,
     /// The session ended (logout): the reactor ends it for good (`Service::end_session`).
     pub ended: Option<UserId>,
 }
@@ -244,35 +246,27 @@ impl Service {
         }
     }
 
-    /// Starts a one-to-one chat whose recipient is not live on this node: first the bus, without
-    /// holding a pool thread, then, if the recipient is live nowhere else, `after_bus` (which
-    /// runs the job on the pool). `finish` receives the outcome when the bus settles it.
-    pub fn chat(
-        self: &Arc<Self>,
-        job: Job,
-        finish: impl FnOnce(Outcome) + Send + 'static,
-        after_bus: impl FnOnce(Job) + Send + 'static,
-    ) {
-        let JobKind::Chat { toid, msg } = &job.kind else {
-            after_bus(job);
-            return;
-        };
-        let (toid, msg) = (*toid, msg.clone());
-        self.bus.route_async(
-            toid,
-            msg,
-            Box::new(move |routed| match routed {
-                Ok(true) => finish(Outcome {
-                    reply: job.seq.as_ref().map(|seq| reply::ok(MsgId::OneChat, seq, None)),
-                    effect: Effect::None,
-                }),
-                Ok(false) => after_bus(job),
-                Err(e) => {
-                    log::error!("{e}");
-                    finish(Outcome { reply: job.reject(Errno::Unavailable), effect: Effect::None });
-                }
+    /// Hands a one-to-one chat whose recipient is not live here to the bus first, which
+    /// routes it without holding a pool thread. The answer, now or later through the inbox,
+    /// goes to [`Service::routed`].
+    pub fn route(&self, toid: UserId, msg: Arc<str>, from: Loc) -> Routing {
+        self.bus.route_async(toid, msg, from)
+    }
+
+    /// What the bus's answer to a routed chat means: its outcome, or `None` when the recipient
+    /// is live nowhere and the job goes on to the pool (which stores the message).
+    pub fn routed(&self, job: &Job, result: Result<bool, BusError>) -> Option<Outcome> {
+        match result {
+            Ok(true) => Some(Outcome {
+                reply: job.seq.as_ref().map(|seq| reply::ok(MsgId::OneChat, seq, None)),
+                effect: Effect::None,
             }),
-        );
+            Ok(false) => None,
+            Err(e) => {
+                log::error!("chat to another node: {e}");
+                Some(Outcome { reply: job.reject(Errno::Unavailable), effect: Effect::None })
+            }
+        }
     }
 
     /// Finishes the queued mailbox writes and joins their threads. Call once nothing else will

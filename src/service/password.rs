@@ -13,12 +13,18 @@ pub struct Hasher {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("password hashing failed: {0}")]
-pub struct HashError(String);
+pub enum HashError {
+    #[error("invalid argon2 parameters: {0}")]
+    Params(argon2::Error),
+    #[error("no random salt: {0}")]
+    Random(#[source] getrandom::Error),
+    #[error("password hashing failed: {0}")]
+    Hash(#[source] argon2::password_hash::Error),
+}
 
 impl Hasher {
     pub fn new(cost: HashCost) -> Result<Hasher, HashError> {
-        let params = Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| HashError(e.to_string()))?;
+        let params = Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(HashError::Params)?;
         let mut hasher = Hasher { params, decoy: String::new() };
         hasher.decoy = hasher.hash("decoy")?;
         Ok(hasher)
@@ -31,9 +37,9 @@ impl Hasher {
     /// A PHC string (`$argon2id$v=19$m=…`) with a fresh random salt.
     pub fn hash(&self, password: &str) -> Result<String, HashError> {
         let mut salt = [0u8; 16];
-        getrandom::getrandom(&mut salt).map_err(|e| HashError(e.to_string()))?;
-        let salt = SaltString::encode_b64(&salt).map_err(|e| HashError(e.to_string()))?;
-        let hash = self.argon2().hash_password(password.as_bytes(), &salt).map_err(|e| HashError(e.to_string()))?;
+        getrandom::getrandom(&mut salt).map_err(HashError::Random)?;
+        let salt = SaltString::encode_b64(&salt).map_err(HashError::Hash)?;
+        let hash = self.argon2().hash_password(password.as_bytes(), &salt).map_err(HashError::Hash)?;
         Ok(hash.to_string())
     }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::session::Out;
 use super::{ChatHandler, Delivery, Event, Service};
-use crate::bus::LocalBus;
+use crate::bus::{Bus, BusError, LocalBus, Routing};
 use crate::config::{Config, HashCost};
 use crate::net::{Handler, Io, Loc, Msg, ReactorSeed, Router};
 use crate::pool::{PoolHandle, Task};
@@ -112,13 +112,17 @@ struct Node {
 
 impl Node {
     fn new() -> Node {
+        Node::with_bus(Arc::new(LocalBus))
+    }
+
+    fn with_bus(bus: Arc<dyn Bus>) -> Node {
         let store = Arc::new(MemoryStore::default());
         let config = Config {
             hash: HashCost { memory_kib: 64, iterations: 1 },
             clock: Clock::manual(1_767_261_600_000),
             ..Config::default()
         };
-        let service = Arc::new(Service::without_threads(store.clone(), Arc::new(LocalBus), &config));
+        let service = Arc::new(Service::without_threads(store.clone(), bus, &config));
         let (handle, rx) = ReactorSeed::detached().unwrap();
         let router = Arc::new(Router::new(vec![handle]));
         let (pool, tasks) = PoolHandle::manual(usize::MAX);
@@ -331,4 +335,76 @@ fn deliveries_carry_the_clock_s_time() {
         (line["ts"].clone(), line["time"].clone()),
         (json!(1_767_261_600_000_u64), json!("2026-01-01 10:00:00"))
     );
+}
+
+/// A cluster bus seen from one node: nobody is online elsewhere, and routes stay in flight
+/// until the test answers them (as the Redis publisher does, later, on its own thread).
+#[derive(Debug, Default)]
+struct SlowBus {
+    routes: parking_lot::Mutex<Vec<(UserId, Loc)>>,
+}
+
+impl Bus for SlowBus {
+    fn claim(&self, _user: UserId) -> Result<bool, BusError> {
+        Ok(true)
+    }
+
+    fn release(&self, _user: UserId) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn route(&self, _user: UserId, _msg: &str) -> Result<bool, BusError> {
+        Ok(false)
+    }
+
+    fn route_async(&self, user: UserId, _msg: Arc<str>, from: Loc) -> Routing {
+        self.routes.lock().push((user, from));
+        Routing::Queued
+    }
+
+    fn online_elsewhere(&self, _user: UserId) -> Result<bool, BusError> {
+        Ok(false)
+    }
+}
+
+/// A chat for a user on no node waits for the bus's answer with its sender paused; "nobody
+/// received it" stores it even when the sender reset meanwhile: it was accepted.
+#[test]
+fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
+    let bus = Arc::new(SlowBus::default());
+    let mut n = Node::with_bus(bus.clone());
+    let (a, b) = (n.connect(), n.connect());
+    let alice = n.register(a, "alice");
+    let bob = n.register(b, "bob");
+    n.login(b, bob);
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"first","time":"t","seq":1}));
+    assert!(n.io.conns[&b].paused, "the sender waits for the bus");
+    assert_eq!(bus.routes.lock().pop(), Some((alice, b)));
+    n.handle(Event::Routed { from: b, result: Ok(false) });
+    n.settle();
+    assert_eq!(n.take_lines(b)[0]["errno"], 0);
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"second","time":"t"}));
+    n.reset(b);
+    n.handle(Event::Routed { from: b, result: Ok(false) });
+    n.settle();
+    assert_eq!(offline(&n.login(a, alice)), ["\"first\"", "\"second\""]);
+}
+
+/// Received on another node: acknowledged, nothing stored. The bus unreachable: errno 10.
+#[test]
+fn a_routed_chat_is_answered_by_the_bus() {
+    let bus = Arc::new(SlowBus::default());
+    let mut n = Node::with_bus(bus.clone());
+    let (a, b) = (n.connect(), n.connect());
+    let alice = n.register(a, "alice");
+    let bob = n.register(b, "bob");
+    n.login(b, bob);
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"there","time":"t","seq":1}));
+    n.handle(Event::Routed { from: b, result: Ok(true) });
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"lost","time":"t","seq":2}));
+    n.handle(Event::Routed { from: b, result: Err(BusError::Stopped) });
+    n.settle();
+    let errnos: Vec<Value> = n.take_lines(b).iter().map(|l| l["errno"].clone()).collect();
+    assert_eq!(errnos, [json!(0), json!(10)]);
+    assert!(offline(&n.login(a, alice)).is_empty(), "nothing stored");
 }
