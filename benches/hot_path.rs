@@ -6,7 +6,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use chat::proto::codec::{Decoded, Decoder};
-use chat::proto::reply::{self, Chat, LoginData, Target};
+use chat::proto::message::{ChatMessage, Target};
+use chat::proto::reply::{self, LoginData};
 use chat::proto::request::{parse, parse_body, parse_envelope, Limits};
 use chat::service::{Delivery, Loc, Presence};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -47,15 +48,15 @@ fn codec(c: &mut Criterion) {
 }
 
 fn delivery(c: &mut Criterion) {
-    let chat = Chat {
+    let chat = ChatMessage {
         from: 1,
-        name: "alice",
+        name: "alice".into(),
         to: Target::User(2),
-        msg: "hello there, how are you?",
-        time: "2026-11-23 10:00:00",
+        msg: "hello there, how are you?".into(),
+        time: "2026-11-23 10:00:00".into(),
         ts: 1_795_429_769_401,
     };
-    c.bench_function("encode one delivery", |b| b.iter(|| reply::chat(black_box(&chat))));
+    c.bench_function("encode one delivery", |b| b.iter(|| black_box(&chat).encode()));
 }
 
 fn login_ack(c: &mut Criterion) {
@@ -80,7 +81,8 @@ fn route(c: &mut Criterion) {
             .insert_if_absent(user, Loc { reactor: (user % 2) as usize, token: user as usize, conn: u64::from(user) });
     }
     let (tx, rx) = crossbeam_channel::unbounded::<Delivery>();
-    let msg: Arc<str> = reply::chat(&Chat { from: 1, name: "a", to: Target::User(2), msg: "hi", time: "t", ts: 0 });
+    let (name, msg, time) = ("a".into(), "hi".into(), "t".into());
+    let msg: Arc<str> = ChatMessage { from: 1, name, to: Target::User(2), msg, time, ts: 0 }.encode();
     let mut user = 0;
     c.bench_function("route to a live session (presence + channel hop)", |b| {
         b.iter(|| {

@@ -9,9 +9,11 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use memchr::memchr;
-use serde_json::Value;
 
-use super::relay::number;
+use crate::proto::message::{ChatMessage, Target};
+use crate::proto::reply::{self, Answer, Reply};
+use crate::proto::request::write_chat;
+use crate::proto::{peek, MsgId, Request};
 
 /// What a receiver learns from one delivery: when it was sent (µs since the run's start, from
 /// the body) and which of the sender's messages it is.
@@ -144,37 +146,40 @@ impl ChatLink {
         self.writer
     }
 
-    /// Setup only: one request, its answer as a JSON value.
-    pub fn request(&mut self, v: &Value) -> io::Result<Value> {
+    /// Setup only: one request (with `seq` when it wants an ack) and its answer, which must
+    /// be a success.
+    pub fn request(&mut self, request: &Request, seq: Option<u64>) -> io::Result<Answer> {
+        let mut v = request.to_json();
+        if let Some(seq) = seq {
+            v["seq"] = seq.into();
+        }
         self.writer.write_all(format!("{v}\n").as_bytes())?;
-        serde_json::from_slice(self.reader.line()?).map_err(io::Error::other)
+        let line = self.reader.line()?;
+        match reply::decode(line) {
+            Some(Reply::Login { answer, .. } | Reply::Register(answer) | Reply::Ack(answer)) if answer.ok() => {
+                Ok(answer)
+            }
+            _ => Err(err(format!("{v} answered {}", String::from_utf8_lossy(line)))),
+        }
     }
 
     /// Registers a fresh user and logs it in; returns its id.
     pub fn sign_up(&mut self, name: &str, password: &str) -> io::Result<u32> {
-        let r = self.request(&serde_json::json!({"msgid":4,"name":name,"password":password}))?;
-        let id = r["id"].as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| err(format!("register: {r}")))?;
-        let r = self.request(&serde_json::json!({"msgid":1,"id":id,"password":password}))?;
-        if r["errno"] != 0 {
-            return Err(err(format!("login: {r}")));
-        }
+        let register = Request::Register { name: name.to_owned(), password: password.to_owned() };
+        let id = self.request(&register, None)?.id.ok_or_else(|| err("register: no id"))?;
+        self.request(&Request::Login { id, password: password.to_owned() }, None)?;
         Ok(id)
     }
 
-    fn push(&mut self, msgid: u8, key: &str, to: u32, body: &str, seq: Option<usize>) {
-        // Bodies are digits, spaces and padding: no JSON escaping needed.
-        let _ = write!(self.out, r#"{{"msgid":{msgid},"{key}":{to},"msg":"{body}""#);
-        if let Some(seq) = seq {
-            let _ = write!(self.out, r#","seq":{seq}"#);
-        }
-        self.out.extend_from_slice(b"}\n");
+    fn push(&mut self, to: Target, body: &str, seq: Option<usize>) {
+        write_chat(&mut self.out, to, body, seq.map(|s| s as u64));
     }
 
-    fn next(&mut self, want: &[u64]) -> io::Result<(u64, &[u8])> {
+    fn next(&mut self, want: &[MsgId]) -> io::Result<(MsgId, &[u8])> {
         loop {
             let line = self.reader.line()?;
-            let msgid = number(line, b"\"msgid\":").unwrap_or(0);
-            if msgid == 11 && number(line, b"\"errno\":") != Some(0) {
+            let Some(msgid) = peek::msgid(line) else { continue };
+            if msgid == MsgId::Ack && peek::number(line, "errno") != Some(0) {
                 return Err(err(format!("request failed: {}", String::from_utf8_lossy(line))));
             }
             if want.contains(&msgid) {
@@ -248,10 +253,14 @@ impl RedisLink {
         format!("{}:{kind}{id}", self.tag)
     }
 
-    fn publish(&mut self, kind: char, to: u32, msgid: u8, key: &str, body: &str) {
-        let channel = self.channel(kind, to);
-        let payload = format!(r#"{{"msgid":{msgid},"id":{},"{key}":{to},"msg":"{body}"}}"#, self.id);
-        resp(&mut self.out, &[b"PUBLISH", channel.as_bytes(), payload.as_bytes()]);
+    fn publish(&mut self, to: Target, body: &str) {
+        let channel = match to {
+            Target::User(u) => self.channel('u', u),
+            Target::Group(g) => self.channel('g', g),
+        };
+        let (name, msg, time) = ("".into(), body.into(), "".into());
+        let payload = ChatMessage { from: self.id, name, to, msg, time, ts: 0 }.encode();
+        resp(&mut self.out, &[b"PUBLISH", channel.as_bytes(), payload.trim_end().as_bytes()]);
     }
 
     /// The payload of the next pushed message: `*3`, then `message`, the channel, the payload.
@@ -286,16 +295,16 @@ impl Link {
     /// Queues a one-to-one message; `seq` asks for an acknowledgement.
     pub fn chat(&mut self, to: u32, body: &str, seq: Option<usize>) {
         match self {
-            Link::Chat(c) => c.push(6, "toid", to, body, seq),
-            Link::Redis(r) => r.publish('u', to, 6, "toid", body),
+            Link::Chat(c) => c.push(Target::User(to), body, seq),
+            Link::Redis(r) => r.publish(Target::User(to), body),
         }
     }
 
     /// Queues a group message.
     pub fn group(&mut self, group: u32, body: &str, seq: Option<usize>) {
         match self {
-            Link::Chat(c) => c.push(10, "groupid", group, body, seq),
-            Link::Redis(r) => r.publish('g', group, 10, "groupid", body),
+            Link::Chat(c) => c.push(Target::Group(group), body, seq),
+            Link::Redis(r) => r.publish(Target::Group(group), body),
         }
     }
 
@@ -397,7 +406,7 @@ impl Link {
     /// Waits for the next chat or group message for this user.
     pub fn delivery(&mut self) -> io::Result<Delivered> {
         let line = match self {
-            Link::Chat(c) => c.next(&[6, 10])?.1,
+            Link::Chat(c) => c.next(&[MsgId::OneChat, MsgId::GroupChat])?.1,
             Link::Redis(r) => r.message()?,
         };
         let at = memchr::memmem::find(line, b"\"msg\":\"").ok_or_else(|| err("a delivery without msg"))? + 7;
@@ -410,13 +419,13 @@ impl Link {
         let reader = self.acks();
         while let Some(line) = reader.buffered_line() {
             let ok = match line.first() {
-                Some(b'{') => number(line, b"\"msgid\":") != Some(11) || number(line, b"\"errno\":") == Some(0),
+                Some(b'{') => peek::msgid(line) != Some(MsgId::Ack) || peek::number(line, "errno") == Some(0),
                 other => other == Some(&b':'),
             };
             if !ok {
                 return Err(err(format!("request failed: {}", String::from_utf8_lossy(line))));
             }
-            n += usize::from(line.first() == Some(&b':') || number(line, b"\"msgid\":") == Some(11));
+            n += usize::from(line.first() == Some(&b':') || peek::msgid(line) == Some(MsgId::Ack));
         }
         Ok(n)
     }
@@ -424,7 +433,7 @@ impl Link {
     /// Waits for the next acknowledgement; an error reply is an error.
     pub fn ack(&mut self) -> io::Result<()> {
         match self {
-            Link::Chat(c) => c.next(&[11]).map(drop),
+            Link::Chat(c) => c.next(&[MsgId::Ack]).map(drop),
             Link::Redis(r) => {
                 let line = r.replies.line()?;
                 match line.first() {

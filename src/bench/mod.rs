@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::proto::Request;
+
 pub use link::{body, err, ChatLink, Delivered, Link, RedisLink};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,21 +368,15 @@ fn fanout(plan: &Plan, members: usize, window: usize) -> io::Result<Report> {
         let (mut sender, _) = all.next().ok_or_else(|| err("too few users"))?;
         let group = match &mut sender {
             Link::Chat(c) => {
-                let r = c.request(&serde_json::json!({"msgid":8,"groupname":"bench","seq":0}))?;
-                r["groupid"]
-                    .as_u64()
-                    .and_then(|g| u32::try_from(g).ok())
-                    .ok_or_else(|| err(format!("create group: {r}")))?
+                let create = Request::CreateGroup { id: None, name: "bench".into(), desc: String::new() };
+                c.request(&create, Some(0))?.groupid.ok_or_else(|| err("create group: no group id"))?
             }
             Link::Redis(_) => g as u32,
         };
         for _ in 1..members {
             let (mut link, _) = all.next().ok_or_else(|| err("too few users"))?;
             if let Link::Chat(c) = &mut link {
-                let r = c.request(&serde_json::json!({"msgid":9,"groupid":group,"seq":0}))?;
-                if r["errno"] != 0 {
-                    return Err(err(format!("join group: {r}")));
-                }
+                c.request(&Request::AddGroup { id: None, groupid: group }, Some(0))?;
             }
             shares[next_member % loops].1.push(events::Member { link, first });
             next_member += 1;

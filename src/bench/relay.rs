@@ -4,8 +4,7 @@
 //! It is a [`Handler`] on the server's own reactor: the same acceptor and round-robin hand-off,
 //! read budget, frame codec, output queue (gathered `writev`) and cap, channel batches with
 //! coalesced wake-ups, and the server's sharded presence map. It leaves out everything the chat
-//! adds: no JSON
-//! parsing (a byte scan finds `msgid`, `id`, `toid` and `seq`), no validation, sessions, store,
+//! adds: no JSON parsing (a byte scan, `proto::peek`, finds `msgid`, `id`, `toid` and `seq`), no validation, sessions, store,
 //! pool or bus. Register answers a fresh id, login binds an id to the connection (no password),
 //! and any other frame with a `toid` is forwarded verbatim to that user, acked when it has a `seq`.
 //! It trusts its clients: it is a yardstick, not a server.
@@ -14,10 +13,10 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use memchr::memmem;
-
 use crate::net::{self, Acceptor, Handler, Io, Limits, Loc, Outbound, Router};
 use crate::proto::codec::FrameError;
+use crate::proto::reply::{self, LoginData};
+use crate::proto::{peek, Errno, MsgId};
 use crate::service::Presence;
 use crate::UserId;
 
@@ -88,24 +87,24 @@ impl Handler for Relay {
     type Out = Out;
 
     fn on_frame(&mut self, io: &mut impl Io<Self>, at: Loc, frame: &[u8]) {
-        let reply = match number(frame, b"\"msgid\":") {
-            Some(4) => {
-                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-                format!("{{\"msgid\":5,\"errno\":0,\"id\":{id}}}\n")
-            }
-            Some(1) => {
-                let Some(id) = number(frame, b"\"id\":").and_then(|id| UserId::try_from(id).ok()) else { return };
-                let errno = if self.shared.presence.insert_if_absent(id, at) { 0 } else { 2 };
-                if errno == 0 {
-                    if self.users.len() <= at.token {
-                        self.users.resize(at.token + 1, None);
-                    }
-                    self.users[at.token] = Some((at, id));
+        let user = |key| peek::number(frame, key).and_then(|id| UserId::try_from(id).ok());
+        let reply = match peek::msgid(frame) {
+            Some(MsgId::Register) => reply::registered(self.shared.next_id.fetch_add(1, Ordering::Relaxed), None),
+            Some(MsgId::Login) => {
+                let Some(id) = user("id") else { return };
+                if !self.shared.presence.insert_if_absent(id, at) {
+                    let errno = Errno::AlreadyOnline;
+                    let _ = io.send(at, Out::Reply(reply::error(Some(1), None, errno, errno.message())));
+                    return;
                 }
-                format!("{{\"msgid\":2,\"errno\":{errno},\"id\":{id}}}\n")
+                if self.users.len() <= at.token {
+                    self.users.resize(at.token + 1, None);
+                }
+                self.users[at.token] = Some((at, id));
+                reply::login_ok(&LoginData { id, ..LoginData::default() }, None)
             }
             Some(req) => {
-                let Some(to) = number(frame, b"\"toid\":").and_then(|id| UserId::try_from(id).ok()) else { return };
+                let Some(to) = user("toid") else { return };
                 let forward: Arc<str> = Arc::from(format!("{}\n", String::from_utf8_lossy(frame)));
                 let mut local = None;
                 self.shared.presence.with(to, |loc| {
@@ -118,14 +117,14 @@ impl Handler for Relay {
                 if let Some(loc) = local {
                     let _ = io.send(loc, Out::Frame(forward));
                 }
-                match number(frame, b"\"seq\":") {
-                    Some(seq) => format!("{{\"msgid\":11,\"req\":{req},\"seq\":{seq},\"errno\":0}}\n"),
+                match peek::number(frame, "seq") {
+                    Some(seq) => reply::ok(req, &seq.into(), None),
                     None => return,
                 }
             }
             None => return,
         };
-        let _ = io.send(at, Out::Reply(reply.into_bytes()));
+        let _ = io.send(at, Out::Reply(reply));
     }
 
     fn on_frame_error(&mut self, io: &mut impl Io<Self>, at: Loc, _error: FrameError) {
@@ -139,27 +138,5 @@ impl Handler for Relay {
 
     fn on_close(&mut self, _io: &mut impl Io<Self>, at: Loc, _unsent: Vec<Out>) {
         self.forget(at);
-    }
-}
-
-/// The unsigned integer after the first `key` in `frame` (keys are matched as bytes, quotes
-/// included, so `"id":` does not match inside `"toid":`).
-pub(crate) fn number(frame: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memmem::find(frame, key)? + key.len();
-    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::number;
-
-    #[test]
-    fn number_finds_keys_by_their_quotes() {
-        let frame = br#"{"msgid":6,"toid":42,"msg":"x","seq":7}"#;
-        assert_eq!(number(frame, b"\"msgid\":"), Some(6));
-        assert_eq!(number(frame, b"\"toid\":"), Some(42));
-        assert_eq!(number(frame, b"\"id\":"), None);
-        assert_eq!(number(frame, b"\"seq\":"), Some(7));
     }
 }

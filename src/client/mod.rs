@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::proto::codec::{Decoded, Decoder};
+use crate::proto::reply::{self, Answer, Reply};
 use crate::proto::time::{format_utc, now_ms};
 use crate::proto::Request;
 use crate::UserId;
@@ -94,7 +95,7 @@ pub fn run(
 fn read_loop(
     mut stream: TcpStream,
     shared: Arc<Shared>,
-    replies: Sender<Value>,
+    replies: Sender<Reply>,
     on_disconnect: Box<dyn FnOnce() + Send>,
 ) {
     let mut decoder = Decoder::new(MAX_SERVER_FRAME);
@@ -109,8 +110,8 @@ fn read_loop(
         loop {
             match decoder.decode(&buf) {
                 Ok(Decoded::Frame { start, end }) => {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&buf[start..end]) {
-                        shared.on_message(v, &replies);
+                    if let Some(reply) = reply::decode(&buf[start..end]) {
+                        shared.on_message(reply, &replies);
                     }
                     buf.drain(..end);
                 }
@@ -130,28 +131,32 @@ fn read_loop(
 }
 
 impl Shared {
-    fn on_message(&self, v: Value, replies: &Sender<Value>) {
-        match v["msgid"].as_u64() {
-            Some(2 | 5) => {
-                let _ = replies.send(v);
+    fn on_message(&self, reply: Reply, replies: &Sender<Reply>) {
+        match reply {
+            Reply::Login { .. } | Reply::Register(_) => {
+                let _ = replies.send(reply);
             }
-            Some(6 | 10) => self.out.print(&self.view.message(&v, true)),
-            Some(11) => {
-                let waiting = v["seq"].as_u64().and_then(|seq| self.pending.lock().remove(&seq));
-                match waiting {
-                    Some(what) => self.out.print(&self.view.outcome(&v["seq"].to_string(), what, &v)),
-                    None => self.out.print(&self.view.outcome("-", "request", &v)),
+            Reply::Chat(m) => self.out.print(&self.view.message(&m, true)),
+            Reply::Ack(ack) => {
+                let seq = ack.seq.as_ref().and_then(Value::as_u64);
+                match seq.and_then(|seq| self.pending.lock().remove(&seq)) {
+                    Some(what) => self.out.print(&self.view.outcome(&opt(seq), what, &ack)),
+                    None => self.out.print(&self.view.outcome("-", "request", &ack)),
                 }
             }
-            _ => {} // unknown messages are ignored, as the protocol asks of clients
+            Reply::Other(_) => {} // unknown messages are ignored, as the protocol asks of clients
         }
     }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
 }
 
 struct Session {
     stream: TcpStream,
     shared: Arc<Shared>,
-    replies: Receiver<Value>,
+    replies: Receiver<Reply>,
     next_seq: u64,
 }
 
@@ -182,7 +187,7 @@ impl Session {
     }
 
     /// The answer to a login or register request.
-    fn reply(&self) -> Result<Option<Value>, ClientError> {
+    fn reply(&self) -> Result<Option<Reply>, ClientError> {
         match self.replies.recv_timeout(REPLY_TIMEOUT) {
             Ok(v) => Ok(Some(v)),
             Err(RecvTimeoutError::Timeout) => {
@@ -208,16 +213,22 @@ impl Session {
                     };
                     let Some(password) = input.secret("password: ") else { return Ok(()) };
                     self.send(Request::Login { id, password }.to_json(), None)?;
-                    let Some(ack) = self.reply()? else { continue };
-                    if ack["errno"] != 0 {
-                        self.print(&self.shared.view.failed("login", &ack));
-                        continue;
-                    }
-                    for line in self.shared.view.logged_in(&ack) {
+                    let welcome = match self.reply()? {
+                        Some(Reply::Login { welcome: Some(w), .. }) => w,
+                        Some(Reply::Login { answer, welcome: None }) => {
+                            self.print(&self.shared.view.failed("login", &answer));
+                            continue;
+                        }
+                        Some(_) => {
+                            self.print(&self.shared.view.failed("login", &Answer::default()));
+                            continue;
+                        }
+                        None => continue,
+                    };
+                    for line in self.shared.view.logged_in(&welcome) {
                         self.print(&line);
                     }
-                    let name = ack["name"].as_str().unwrap_or_default().to_owned();
-                    if let After::Quit = self.chat(input, id, &name)? {
+                    if let After::Quit = self.chat(input, id, &welcome.name)? {
                         return Ok(());
                     }
                 }
@@ -226,8 +237,9 @@ impl Session {
                     let Some(password) = input.secret("password: ") else { return Ok(()) };
                     self.send(Request::Register { name: name.trim().to_owned(), password }.to_json(), None)?;
                     match self.reply()? {
-                        Some(ack) if ack["errno"] == 0 => self.print(&self.shared.view.registered(&ack)),
-                        Some(ack) => self.print(&self.shared.view.failed("register", &ack)),
+                        Some(Reply::Register(ack)) if ack.ok() => self.print(&self.shared.view.registered(&ack)),
+                        Some(Reply::Register(ack)) => self.print(&self.shared.view.failed("register", &ack)),
+                        Some(_) => self.print(&self.shared.view.failed("register", &Answer::default())),
                         None => {}
                     }
                 }

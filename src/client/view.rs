@@ -13,7 +13,8 @@
 //! usage       HINT                     loggedout    disconnected
 //! ```
 
-use serde_json::Value;
+use crate::proto::message::{ChatMessage, Target};
+use crate::proto::reply::{Answer, Welcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -21,18 +22,10 @@ pub enum Style {
     Script,
 }
 
-/// Formats events; every field is read defensively, as it came from the network.
+/// Formats events decoded from the server.
 #[derive(Debug, Clone, Copy)]
 pub struct View {
     pub style: Style,
-}
-
-fn text(v: &Value, key: &str) -> String {
-    match &v[key] {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
 }
 
 /// Escapes a field of a script line.
@@ -44,113 +37,94 @@ fn line(fields: &[&str]) -> String {
     fields.iter().map(|f| field(f)).collect::<Vec<_>>().join("\t")
 }
 
-/// The login ack's lists hold JSON-encoded strings (the canonical quirk).
-fn decoded_list(v: &Value, key: &str) -> Vec<Value> {
-    v[key]
-        .as_array()
-        .map_or_else(Vec::new, |a| a.iter().filter_map(|s| serde_json::from_str(s.as_str()?).ok()).collect())
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
 }
 
 impl View {
-    pub fn registered(&self, v: &Value) -> String {
+    pub fn registered(&self, a: &Answer) -> String {
         match self.style {
-            Style::Human => format!("registered: your id is {}. Log in with it.", text(v, "id")),
-            Style::Script => line(&["registered", &text(v, "id")]),
+            Style::Human => format!("registered: your id is {}. Log in with it.", opt(a.id)),
+            Style::Script => line(&["registered", &opt(a.id)]),
         }
     }
 
-    pub fn failed(&self, what: &str, v: &Value) -> String {
+    pub fn failed(&self, what: &str, a: &Answer) -> String {
         match self.style {
-            Style::Human => format!("{what} failed: {} (errno {})", text(v, "errmsg"), text(v, "errno")),
-            Style::Script => line(&[&format!("{what}-failed"), &text(v, "errno"), &text(v, "errmsg")]),
+            Style::Human => format!("{what} failed: {} (errno {})", a.errmsg, opt(a.errno)),
+            Style::Script => line(&[&format!("{what}-failed"), &opt(a.errno), &a.errmsg]),
         }
     }
 
     /// Everything a successful login shows: who you are, friends, groups, what arrived meanwhile.
-    pub fn logged_in(&self, v: &Value) -> Vec<String> {
-        let friends = decoded_list(v, "friends");
-        let groups = decoded_list(v, "groups");
-        let offline = decoded_list(v, "offlinemsg");
+    pub fn logged_in(&self, w: &Welcome) -> Vec<String> {
         let mut out = Vec::new();
         match self.style {
             Style::Human => {
-                out.push(format!("Welcome, {} (id {})!", text(v, "name"), text(v, "id")));
-                out.push(format!("Friends ({}):", friends.len()));
-                for f in &friends {
-                    out.push(format!("  {:>6}  {}  [{}]", text(f, "id"), text(f, "name"), text(f, "state")));
+                out.push(format!("Welcome, {} (id {})!", w.name, w.id));
+                out.push(format!("Friends ({}):", w.friends.len()));
+                for f in &w.friends {
+                    out.push(format!("  {:>6}  {}  [{}]", f.id, f.name, f.state));
                 }
-                out.push(format!("Groups ({}):", groups.len()));
-                for g in &groups {
-                    out.push(format!("  #{}  {} — {}", text(g, "id"), text(g, "groupname"), text(g, "groupdesc")));
-                    for m in decoded_list(g, "users") {
-                        out.push(format!(
-                            "        {:>6}  {}  [{}] {}",
-                            text(&m, "id"),
-                            text(&m, "name"),
-                            text(&m, "state"),
-                            text(&m, "role")
-                        ));
+                out.push(format!("Groups ({}):", w.groups.len()));
+                for g in &w.groups {
+                    out.push(format!("  #{}  {} — {}", g.id, g.groupname, g.groupdesc));
+                    for m in g.members() {
+                        out.push(format!("        {:>6}  {}  [{}] {}", m.id, m.name, m.state, m.role));
                     }
                 }
-                if !offline.is_empty() {
-                    out.push(format!("While you were away ({}):", offline.len()));
-                    out.extend(offline.iter().map(|m| format!("  {}", self.message(m, false))));
+                if !w.offline.is_empty() {
+                    out.push(format!("While you were away ({}):", w.offline.len()));
+                    out.extend(w.offline.iter().map(|m| format!("  {}", self.message(m, false))));
                 }
                 out.push("Type help for the commands.".to_owned());
             }
             Style::Script => {
-                out.push(line(&["loggedin", &text(v, "id"), &text(v, "name")]));
-                for f in &friends {
-                    out.push(line(&["friend", &text(f, "id"), &text(f, "name"), &text(f, "state")]));
+                out.push(line(&["loggedin", &w.id.to_string(), &w.name]));
+                for f in &w.friends {
+                    out.push(line(&["friend", &f.id.to_string(), &f.name, &f.state]));
                 }
-                for g in &groups {
-                    let gid = text(g, "id");
-                    out.push(line(&["group", &gid, &text(g, "groupname"), &text(g, "groupdesc")]));
-                    for m in decoded_list(g, "users") {
-                        let fields = [&text(&m, "id"), &text(&m, "name"), &text(&m, "state"), &text(&m, "role")];
-                        out.push(line(&["member", &gid, fields[0], fields[1], fields[2], fields[3]]));
+                for g in &w.groups {
+                    let gid = g.id.to_string();
+                    out.push(line(&["group", &gid, &g.groupname, &g.groupdesc]));
+                    for m in g.members() {
+                        out.push(line(&["member", &gid, &m.id.to_string(), &m.name, &m.state, &m.role]));
                     }
                 }
-                out.extend(offline.iter().map(|m| self.message(m, false)));
+                out.extend(w.offline.iter().map(|m| self.message(m, false)));
             }
         }
         out
     }
 
     /// A chat message (msgid 6 or 10), delivered live or from the offline store.
-    pub fn message(&self, m: &Value, live: bool) -> String {
-        let group = m["msgid"] == 10;
-        let (from, name, time, msg) = (text(m, "id"), text(m, "name"), text(m, "time"), text(m, "msg"));
-        match self.style {
-            Style::Human if group => format!("[{time}] group #{} | {name} ({from}): {msg}", text(m, "groupid")),
-            Style::Human => format!("[{time}] {name} ({from}): {msg}"),
-            Style::Script => {
-                let kind = match (group, live) {
-                    (true, true) => "groupchat",
-                    (true, false) => "offline-groupchat",
-                    (false, true) => "chat",
-                    (false, false) => "offline-chat",
-                };
-                if group {
-                    line(&[kind, &text(m, "groupid"), &from, &name, &time, &msg])
-                } else {
-                    line(&[kind, &from, &name, &time, &msg])
-                }
+    pub fn message(&self, m: &ChatMessage<'_>, live: bool) -> String {
+        let (from, name, time, msg) = (m.from.to_string(), &*m.name, &*m.time, &*m.msg);
+        match (self.style, m.to) {
+            (Style::Human, Target::Group(g)) => format!("[{time}] group #{g} | {name} ({from}): {msg}"),
+            (Style::Human, Target::User(_)) => format!("[{time}] {name} ({from}): {msg}"),
+            (Style::Script, Target::Group(g)) => {
+                let kind = if live { "groupchat" } else { "offline-groupchat" };
+                line(&[kind, &g.to_string(), &from, name, time, msg])
+            }
+            (Style::Script, Target::User(_)) => {
+                let kind = if live { "chat" } else { "offline-chat" };
+                line(&[kind, &from, name, time, msg])
             }
         }
     }
 
     /// The outcome of a command the client sent with `seq` (an `ACK_MSG`).
-    pub fn outcome(&self, seq: &str, what: &str, ack: &Value) -> String {
-        let ok = ack["errno"] == 0;
-        let groupid = text(ack, "groupid");
-        match (self.style, ok) {
+    pub fn outcome(&self, seq: &str, what: &str, ack: &Answer) -> String {
+        let groupid = opt(ack.groupid);
+        let (errno, errmsg) = (opt(ack.errno), ack.errmsg.as_str());
+        match (self.style, ack.ok()) {
             (Style::Human, true) if !groupid.is_empty() => format!("ok: {what}: group id {groupid}"),
             (Style::Human, true) => format!("ok: {what}"),
-            (Style::Human, false) => format!("error: {what}: {} (errno {})", text(ack, "errmsg"), text(ack, "errno")),
+            (Style::Human, false) => format!("error: {what}: {errmsg} (errno {errno})"),
             (Style::Script, true) if !groupid.is_empty() => line(&["ok", seq, what, &groupid]),
             (Style::Script, true) => line(&["ok", seq, what]),
-            (Style::Script, false) => line(&["error", seq, what, &text(ack, "errno"), &text(ack, "errmsg")]),
+            (Style::Script, false) => line(&["error", seq, what, &errno, errmsg]),
         }
     }
 
@@ -172,17 +146,21 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::proto::reply::{decode, Reply};
 
     #[test]
     fn script_lines_escape_and_keep_one_event_per_line() {
         let v = View { style: Style::Script };
-        let m = json!({"msgid":6,"id":2,"name":"bob","toid":1,"msg":"a\tb\nc","time":"t"});
+        let Some(Reply::Chat(m)) = decode(br#"{"msgid":6,"id":2,"name":"bob","toid":1,"msg":"a\tb\nc","time":"t"}"#)
+        else {
+            panic!("a chat message")
+        };
         assert_eq!(v.message(&m, true), "chat\t2\tbob\tt\ta\\tb\\nc");
-        let ack = json!({"msgid":2,"errno":0,"id":1,"name":"alice","friends":["{\"id\":2,\"name\":\"bob\",\"state\":\"online\"}"],
-            "groups":["{\"id\":1,\"groupname\":\"g\",\"groupdesc\":\"d\",\"users\":[\"{\\\"id\\\":1,\\\"name\\\":\\\"alice\\\",\\\"state\\\":\\\"online\\\",\\\"role\\\":\\\"creator\\\"}\"]}"]});
+        let ack = br#"{"msgid":2,"errno":0,"id":1,"name":"alice","friends":["{\"id\":2,\"name\":\"bob\",\"state\":\"online\"}"],
+            "groups":["{\"id\":1,\"groupname\":\"g\",\"groupdesc\":\"d\",\"users\":[\"{\\\"id\\\":1,\\\"name\\\":\\\"alice\\\",\\\"state\\\":\\\"online\\\",\\\"role\\\":\\\"creator\\\"}\"]}"]}"#;
+        let Some(Reply::Login { welcome: Some(w), .. }) = decode(ack) else { panic!("a login ack") };
         assert_eq!(
-            v.logged_in(&ack),
+            v.logged_in(&w),
             vec![
                 "loggedin\t1\talice",
                 "friend\t2\tbob\tonline",
@@ -190,16 +168,20 @@ mod tests {
                 "member\t1\t1\talice\tonline\tcreator"
             ]
         );
-        assert_eq!(v.outcome("3", "creategroup", &json!({"errno":0,"groupid":4})), "ok\t3\tcreategroup\t4");
+        let Some(Reply::Ack(a)) = decode(br#"{"msgid":11,"errno":0,"groupid":4}"#) else { panic!("an ack") };
+        assert_eq!(v.outcome("3", "creategroup", &a), "ok\t3\tcreategroup\t4");
     }
 
     #[test]
-    fn hostile_server_data_does_not_panic() {
-        let v = View { style: Style::Human };
-        for bad in [json!(null), json!([1]), json!({"friends":[1, "{", null], "groups":"x", "offlinemsg":[{}]})] {
-            v.logged_in(&bad);
-            v.message(&bad, true);
-            v.outcome("1", "x", &bad);
+    fn hostile_server_data_decodes_to_what_is_readable() {
+        let bad =
+            br#"{"msgid":2,"errno":0,"id":1,"friends":[1,"{",null],"groups":"x","offlinemsg":[{}, "{\"msgid\":6}"]}"#;
+        let Some(Reply::Login { welcome: Some(w), .. }) = decode(bad) else { panic!("a login ack") };
+        assert_eq!((w.friends.len(), w.groups.len(), w.offline.len()), (0, 0, 0));
+        for junk in [&b"null"[..], b"[1]", b"{\"msgid\":\"2\"}", b"{\"msgid\":6,\"id\":-1}"] {
+            assert!(matches!(decode(junk), None | Some(Reply::Other(_))), "{}", String::from_utf8_lossy(junk));
         }
+        let Some(Reply::Login { answer, welcome: None }) = decode(br#"{"msgid":2,"errno":"x"}"#) else { panic!() };
+        assert_eq!(View { style: Style::Human }.failed("login", &answer), "login failed:  (errno )");
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod codec;
 mod errno;
+pub mod message;
+pub mod peek;
 pub mod reply;
 pub mod request;
 pub mod time;

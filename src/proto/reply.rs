@@ -1,13 +1,15 @@
-//! Server → client messages, each encoded as compact JSON followed by exactly one `\n`.
+//! Server → client messages: encoded by the server, each compact JSON followed by exactly one
+//! `\n`, and decoded for clients ([`decode`]).
 //!
 //! Field order follows PROTOCOL.md's examples (`msgid` first); keys whose value is absent or an
 //! empty list are left out, as canonical clients expect.
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::message::ChatMessage;
 use super::request::Rejection;
 use super::{Errno, MsgId};
 use crate::{GroupId, UserId};
@@ -118,88 +120,153 @@ fn state(online: bool) -> &'static str {
     }
 }
 
-/// One entry of the login ack's `friends` list.
+/// One entry of the login ack's `friends` list (sent as a JSON-encoded string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Friend {
+    pub id: UserId,
+    pub name: String,
+    /// `online` or `offline`.
+    pub state: String,
+}
+
+/// One member inside a `groups` entry (a JSON-encoded string in its `users`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: UserId,
+    pub name: String,
+    pub state: String,
+    /// `creator` or `normal`.
+    pub role: String,
+}
+
+/// One entry of the login ack's `groups` list (sent as a JSON-encoded string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: GroupId,
+    pub groupname: String,
+    #[serde(default)]
+    pub groupdesc: String,
+    /// JSON-encoded [`Member`]s.
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+impl Group {
+    /// The members that decode; others are skipped.
+    pub fn members(&self) -> Vec<Member> {
+        decoded(&self.users)
+    }
+}
+
+fn entry<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default() // strings and integers always serialize
+}
+
 pub fn friend_entry(id: UserId, name: &str, online: bool) -> String {
-    #[derive(Serialize)]
-    struct Friend<'a> {
-        id: UserId,
-        name: &'a str,
-        state: &'a str,
-    }
-    serde_json::to_string(&Friend { id, name, state: state(online) }).unwrap_or_default()
+    entry(&Friend { id, name: name.to_owned(), state: state(online).to_owned() })
 }
 
-/// One member inside a `groups` entry.
 pub fn member_entry(id: UserId, name: &str, online: bool, creator: bool) -> String {
-    #[derive(Serialize)]
-    struct Member<'a> {
-        id: UserId,
-        name: &'a str,
-        state: &'a str,
-        role: &'a str,
-    }
     let role = if creator { "creator" } else { "normal" };
-    serde_json::to_string(&Member { id, name, state: state(online), role }).unwrap_or_default()
+    entry(&Member { id, name: name.to_owned(), state: state(online).to_owned(), role: role.to_owned() })
 }
 
-/// One entry of the login ack's `groups` list.
 pub fn group_entry(id: GroupId, groupname: &str, groupdesc: &str, users: &[String]) -> String {
-    #[derive(Serialize)]
-    struct Group<'a> {
-        id: GroupId,
-        groupname: &'a str,
-        groupdesc: &'a str,
-        users: &'a [String],
+    entry(&Group { id, groupname: groupname.to_owned(), groupdesc: groupdesc.to_owned(), users: users.to_vec() })
+}
+
+/// A server message as a client reads it, decoded defensively: a field that is missing or of
+/// the wrong type is absent, a list entry that does not decode is skipped; nothing panics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// msgid 2; `welcome` when the login succeeded.
+    Login { answer: Answer, welcome: Option<Welcome> },
+    /// msgid 5; the new id in `answer.id`.
+    Register(Answer),
+    /// msgid 11: the outcome of a request sent with `seq`, or an error without one.
+    Ack(Answer),
+    /// msgid 6 or 10, delivered live.
+    Chat(ChatMessage<'static>),
+    /// A message this client does not know: the protocol asks clients to ignore it.
+    Other(Option<u64>),
+}
+
+/// The common fields of an answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    /// The request answered (msgid 11).
+    pub req: Option<i64>,
+    pub seq: Option<Value>,
+    pub errno: Option<i64>,
+    pub errmsg: String,
+    pub id: Option<UserId>,
+    pub groupid: Option<GroupId>,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        self.errno == Some(0)
     }
-    serde_json::to_string(&Group { id, groupname, groupdesc, users }).unwrap_or_default()
 }
 
-/// Where a chat message goes: one user or one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    User(UserId),
-    Group(GroupId),
+/// What a successful login carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Welcome {
+    pub id: UserId,
+    pub name: String,
+    pub friends: Vec<Friend>,
+    pub groups: Vec<Group>,
+    /// Messages stored while the user was away, oldest first.
+    pub offline: Vec<ChatMessage<'static>>,
 }
 
-/// A chat message as delivered, encoded once and shared by every recipient.
-#[derive(Debug, Clone, Copy)]
-pub struct Chat<'a> {
-    pub from: UserId,
-    pub name: &'a str,
-    pub to: Target,
-    pub msg: &'a str,
-    pub time: &'a str,
-    pub ts: u64,
+fn decoded<T: serde::de::DeserializeOwned>(entries: &[String]) -> Vec<T> {
+    entries.iter().filter_map(|s| serde_json::from_str(s).ok()).collect()
 }
 
-/// Encodes a delivered chat message, newline included; the offline store keeps it without.
-pub fn chat(c: &Chat<'_>) -> Arc<str> {
-    #[derive(Serialize)]
-    struct Wire<'a> {
-        msgid: u8,
-        id: UserId,
-        name: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        toid: Option<UserId>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        groupid: Option<GroupId>,
-        msg: &'a str,
-        time: &'a str,
-        ts: u64,
-    }
-    let (msgid, toid, groupid) = match c.to {
-        Target::User(u) => (MsgId::OneChat, Some(u), None),
-        Target::Group(g) => (MsgId::GroupChat, None, Some(g)),
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().map_or_else(Vec::new, |a| a.iter().filter_map(|s| Some(s.as_str()?.to_owned())).collect())
+}
+
+/// Decodes one frame from the server; `None` if it is not a JSON object.
+pub fn decode(frame: &[u8]) -> Option<Reply> {
+    let v: Value = serde_json::from_slice(frame).ok()?;
+    let object = v.as_object()?;
+    let id = |key: &str| object.get(key).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+    let answer = Answer {
+        req: object.get("req").and_then(Value::as_i64),
+        seq: object.get("seq").cloned(),
+        errno: object.get("errno").and_then(Value::as_i64),
+        errmsg: object.get("errmsg").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        id: id("id"),
+        groupid: id("groupid"),
     };
-    let wire =
-        Wire { msgid: msgid.code(), id: c.from, name: c.name, toid, groupid, msg: c.msg, time: c.time, ts: c.ts };
-    // Sized for the message, escapes aside, so the encoding rarely reallocates.
-    let mut out = Vec::with_capacity(c.msg.len() + c.name.len() + c.time.len() + 96);
-    if serde_json::to_writer(&mut out, &wire).is_err() {
-        out.clear(); // unreachable: these fields always serialize
-    }
-    out.push(b'\n');
-    Arc::from(String::from_utf8(out).unwrap_or_default())
+    let msgid = object.get("msgid").and_then(Value::as_u64);
+    Some(match msgid {
+        Some(2) => {
+            let welcome = match (answer.ok(), answer.id) {
+                (true, Some(id)) => Some(Welcome {
+                    id,
+                    name: object.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    friends: decoded(&strings(&v["friends"])),
+                    groups: decoded(&strings(&v["groups"])),
+                    offline: strings(&v["offlinemsg"])
+                        .iter()
+                        .filter_map(|m| ChatMessage::decode(m).map(ChatMessage::into_owned))
+                        .collect(),
+                }),
+                _ => None,
+            };
+            Reply::Login { answer, welcome }
+        }
+        Some(5) => Reply::Register(answer),
+        Some(11) => Reply::Ack(answer),
+        Some(6 | 10) => match std::str::from_utf8(frame).ok().and_then(ChatMessage::decode) {
+            Some(m) => Reply::Chat(m.into_owned()),
+            None => Reply::Other(msgid),
+        },
+        _ => Reply::Other(msgid),
+    })
 }
 
 #[cfg(test)]
@@ -228,10 +295,5 @@ mod tests {
         );
         let data = LoginData { id: 1, name: "alice".into(), ..LoginData::default() };
         assert_eq!(text(login_ok(&data, None)), "{\"msgid\":2,\"errno\":0,\"id\":1,\"name\":\"alice\"}\n");
-        let c = Chat { from: 2, name: "bob", to: Target::User(1), msg: "hi", time: "t", ts: 5 };
-        assert_eq!(
-            &*chat(&c),
-            "{\"msgid\":6,\"id\":2,\"name\":\"bob\",\"toid\":1,\"msg\":\"hi\",\"time\":\"t\",\"ts\":5}\n"
-        );
     }
 }

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
+use super::message::Target;
 use super::Errno;
 use crate::{GroupId, UserId};
 
@@ -52,6 +53,39 @@ impl MsgId {
     pub fn code(self) -> u8 {
         self as u8
     }
+
+    /// Any id of the protocol, either direction.
+    pub fn from_code(n: u64) -> Option<MsgId> {
+        Some(match n {
+            2 => MsgId::LoginAck,
+            5 => MsgId::RegisterAck,
+            11 => MsgId::Ack,
+            n => return i64::try_from(n).ok().and_then(MsgId::request),
+        })
+    }
+}
+
+/// Appends a chat request as a client sends it, newline included, without building a
+/// `Value`: the load generator's hot path. [`Request::to_json`] is the general encoder.
+pub fn write_chat(out: &mut Vec<u8>, to: Target, msg: &str, seq: Option<u64>) {
+    #[derive(serde::Serialize)]
+    struct Wire<'a> {
+        msgid: u8,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        toid: Option<UserId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        groupid: Option<GroupId>,
+        msg: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    }
+    let (msgid, toid, groupid) = match to {
+        Target::User(u) => (MsgId::OneChat, Some(u), None),
+        Target::Group(g) => (MsgId::GroupChat, None, Some(g)),
+    };
+    // Integers and a string: serialization into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &Wire { msgid: msgid.code(), toid, groupid, msg, seq });
+    out.push(b'\n');
 }
 
 /// One request, its fields checked for type and range.
@@ -418,6 +452,11 @@ mod tests {
         for r in requests {
             assert_eq!(parse(r.to_json()).unwrap(), r);
         }
+        let mut out = Vec::new();
+        write_chat(&mut out, Target::Group(3), "a \"b\"", Some(9));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["seq"], 9);
+        assert_eq!(parse(v).unwrap(), Request::GroupChat { id: None, groupid: 3, msg: "a \"b\"".into(), time: None });
     }
 
     #[test]

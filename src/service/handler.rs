@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::{Delivery, Effects, Job, JobKind, Service, SessionState};
-use crate::proto::reply::{self, Chat, Target};
+use crate::proto::message::{ChatMessage, Target};
+use crate::proto::reply;
 use crate::proto::request::{parse_body, parse_envelope, Envelope, Parsed};
 use crate::proto::{Errno, MsgId, Request};
 use crate::{GroupId, UserId};
@@ -64,7 +65,10 @@ impl Service {
         };
         let chat = |to: Target, msg: &str, time: Option<String>| {
             let ts = self.clock.now_ms();
-            let encode = |time: &str| reply::chat(&Chat { from: me.id, name: &me.name, to, msg, time, ts });
+            let encode = |time: &str| {
+                let (name, msg, time) = ((*me.name).into(), msg.into(), time.into());
+                ChatMessage { from: me.id, name, to, msg, time, ts }.encode()
+            };
             match time {
                 Some(time) => encode(&time),
                 // A canonical client reads `time` unconditionally: supply the server's when absent.
