@@ -9,7 +9,7 @@ use chat::proto::codec::{Decoded, Decoder};
 use chat::proto::message::{ChatMessage, Target};
 use chat::proto::reply::{self, LoginData};
 use chat::proto::request::{parse, parse_body, parse_envelope, Limits};
-use chat::service::{Delivery, Loc, Presence};
+use chat::{Delivery, Loc, Presence};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const CHAT: &[u8] =

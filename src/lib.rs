@@ -12,13 +12,17 @@
 //!               ▼                                             ▼
 //!   the owning reactor's channel                  blocking pool (pool.rs): store/ and bus/
 //!               ▲                                             │ mailbox lanes: ordered spills
-//!               └─── Event::Deliver / Drain / JobDone / Evict ┘ bus subscriber (cluster)
+//!               └─ Event::Deliver / Drain / JobDone / Evict ──┤ bus: publisher, subscriber
+//!                  Event::Routed (the bus's answer to a chat) ┘ (cluster), via bus::Inbox
 //! ```
-//! - [`net`]: transport only. The acceptor, and a reactor generic over a [`net::Handler`]
-//!   (frames and channel messages in, decisions out through [`net::Io`]); the chat server and
-//!   the bench's bare relay are two handlers on the same loop.
-//! - [`proto`]: the streaming frame codec, `MsgId` and `Request`, reply encoding, errno, time.
-//! - [`service`]: sessions and their transitions, presence, the chat logic; no sockets, no SQL.
+//! - `net` (crate-private): transport only. The acceptor, and a reactor generic over a
+//!   `net::Handler` (frames and channel messages in, decisions out through `net::Io`); the chat
+//!   server and the bench's bare relay are two handlers on the same loop.
+//! - [`proto`]: both directions of the wire: the streaming frame codec, `MsgId`, `Request`
+//!   (parse and encode), replies (encode and [`proto::reply::decode`]), the one chat message
+//!   type ([`proto::message::ChatMessage`]), errno, time, and byte scans for the load generator.
+//! - `service` (crate-private): sessions and their transitions, presence, the chat logic; no
+//!   sockets, no SQL.
 //! - [`store`]: the `Store` trait: SQLite (embedded default), MySQL/MariaDB, memory.
 //! - [`bus`]: the `Bus` trait (cross-node routing): in-process (one node) and Redis (cluster).
 //! - [`server`]: wires the threads together and runs the graceful shutdown.
@@ -35,15 +39,17 @@ pub mod bus;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod config;
-pub mod net;
+mod net;
 mod pool;
 pub mod proto;
 pub mod server;
-pub mod service;
+mod service;
 pub mod store;
 
 pub use config::Config;
 pub use server::{Server, ShutdownHandle};
+/// For the hot-path benchmarks, which measure the presence map and deliveries directly.
+pub use service::{Delivery, Loc, Presence};
 
 /// A user's id: an integer in 1..=2^31-1, as in the canonical schema.
 pub type UserId = u32;

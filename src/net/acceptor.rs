@@ -21,7 +21,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts connections for a set of reactors. Runs on the thread that calls [`Acceptor::run`].
 #[derive(Debug)]
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     listener: TcpListener,
     poll: Poll,
     stop: ShutdownHandle,
@@ -44,7 +44,7 @@ impl ShutdownHandle {
 }
 
 impl Acceptor {
-    pub fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
+    pub(crate) fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
@@ -54,16 +54,16 @@ impl Acceptor {
         Ok(Acceptor { listener, poll, stop })
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
+    pub(crate) fn shutdown_handle(&self) -> ShutdownHandle {
         self.stop.clone()
     }
 
     /// Accepts until [`ShutdownHandle::shutdown`], then closes the listener.
-    pub fn run<M>(mut self, router: &Router<M>) -> io::Result<()> {
+    pub(crate) fn run<M>(mut self, router: &Router<M>) -> io::Result<()> {
         let result = self.accept_loop(router);
         let _ = self.poll.registry().deregister(&mut self.listener);
         result

@@ -14,7 +14,7 @@ const MAX_IOVECS: usize = 64;
 
 /// An item of a connection's output queue: bytes to write, and whatever the handler wants back
 /// if they never reach the peer (see [`super::Handler::on_close`]).
-pub trait Outbound {
+pub(crate) trait Outbound {
     fn bytes(&self) -> &[u8];
 }
 

@@ -16,21 +16,23 @@ mod router;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-pub use acceptor::{Acceptor, ShutdownHandle};
-pub use conn::Outbound;
-pub use reactor::{Handler, Io, Limits, Reactor, ReactorSeed};
-pub use router::{Loc, Msg, ReactorHandle, Router};
+pub(crate) use acceptor::Acceptor;
+pub use acceptor::ShutdownHandle;
+pub(crate) use conn::Outbound;
+pub(crate) use reactor::{Handler, Io, Limits, Reactor, ReactorSeed};
+pub use router::Loc;
+pub(crate) use router::{Msg, Router};
 
 /// Running reactors: the router to them, and their threads to join.
 #[derive(Debug)]
-pub struct Reactors<M> {
+pub(crate) struct Reactors<M> {
     pub router: Arc<Router<M>>,
     pub threads: Vec<JoinHandle<()>>,
 }
 
 /// Starts `threads` reactors, each with the handler `make` builds for it (given its index and
 /// the router to every reactor).
-pub fn start_reactors<H, F>(
+pub(crate) fn start_reactors<H, F>(
     name: &str,
     threads: usize,
     limits: Limits,

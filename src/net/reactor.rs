@@ -37,7 +37,7 @@ const LINGER_LIMIT: usize = 1024 * 1024;
 
 /// What a reactor's connections may cost.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest frame (one JSON value), in bytes.
     pub max_frame: usize,
     /// Largest output queue behind the item being written; a slower reader is closed.
@@ -47,7 +47,7 @@ pub struct Limits {
 /// What the transport does for a handler: the decisions a handler can take. Reactor thread only.
 /// Every call names a connection by [`Loc`]; a connection that has closed since (or a new one in
 /// its slot) is simply not found.
-pub trait Io<H: Handler> {
+pub(crate) trait Io<H: Handler> {
     /// This reactor's index.
     fn reactor(&self) -> usize;
     /// `false` once shutdown began: no new input is read.
@@ -69,7 +69,7 @@ pub trait Io<H: Handler> {
 }
 
 /// The meaning of frames and messages. One per reactor, on its thread; its methods run there.
-pub trait Handler: Sized {
+pub(crate) trait Handler: Sized {
     /// Messages other threads send this reactor's handler.
     type Msg: Send + std::fmt::Debug + 'static;
     /// An item of a connection's output queue.
@@ -105,14 +105,14 @@ enum Phase {
 /// The parts of a reactor that exist before its handler does (the handler needs the router,
 /// which needs every reactor's handle).
 #[derive(Debug)]
-pub struct ReactorSeed<M> {
+pub(crate) struct ReactorSeed<M> {
     poll: Poll,
     rx: Receiver<Msg<M>>,
     notified: Arc<AtomicBool>,
 }
 
 impl<M> ReactorSeed<M> {
-    pub fn new() -> io::Result<(ReactorSeed<M>, ReactorHandle<M>)> {
+    pub(crate) fn new() -> io::Result<(ReactorSeed<M>, ReactorHandle<M>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -152,7 +152,7 @@ pub(super) struct Transport<H: Handler> {
 
 /// A worker reactor, before and while it runs on its thread.
 #[derive(Debug)]
-pub struct Reactor<H: Handler> {
+pub(crate) struct Reactor<H: Handler> {
     io: Transport<H>,
     handler: H,
     /// Where shutdown phase 1 is reported.
@@ -160,7 +160,7 @@ pub struct Reactor<H: Handler> {
 }
 
 impl<H: Handler> Reactor<H> {
-    pub fn new(
+    pub(crate) fn new(
         idx: usize,
         seed: ReactorSeed<H::Msg>,
         limits: Limits,
@@ -185,7 +185,7 @@ impl<H: Handler> Reactor<H> {
     }
 
     /// The event loop. Returns after `Msg::Finish`, or when the poll fails.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut more_msgs = false;
         while self.io.phase != Phase::Finished {

@@ -20,7 +20,7 @@ pub struct Loc {
 
 /// What a reactor receives: transport control, or a message for its handler (`M`).
 #[derive(Debug)]
-pub enum Msg<M> {
+pub(crate) enum Msg<M> {
     /// A socket from the acceptor, to register with this reactor's `Poll`.
     NewConn(TcpStream),
     /// For the handler.
@@ -34,7 +34,7 @@ pub enum Msg<M> {
 
 /// Sends to one reactor. Any thread.
 #[derive(Debug)]
-pub struct ReactorHandle<M> {
+pub(crate) struct ReactorHandle<M> {
     tx: Sender<Msg<M>>,
     waker: Arc<Waker>,
     /// Set when a wake-up is pending, so a busy reactor is woken once, not per message.
@@ -52,7 +52,7 @@ impl<M> ReactorHandle<M> {
         ReactorHandle { tx, waker, notified }
     }
 
-    pub fn send(&self, msg: Msg<M>) {
+    pub(crate) fn send(&self, msg: Msg<M>) {
         if self.tx.send(msg).is_err() {
             return; // the reactor has exited: shutdown is past the point of delivering
         }
@@ -66,37 +66,33 @@ impl<M> ReactorHandle<M> {
 
 /// Every reactor of the node, by index. Any thread.
 #[derive(Debug)]
-pub struct Router<M> {
+pub(crate) struct Router<M> {
     reactors: Vec<ReactorHandle<M>>,
 }
 
 impl<M> Router<M> {
-    pub fn new(reactors: Vec<ReactorHandle<M>>) -> Self {
+    pub(crate) fn new(reactors: Vec<ReactorHandle<M>>) -> Self {
         Router { reactors }
     }
 
     /// A message for the handler of reactor `reactor`.
-    pub fn send(&self, reactor: usize, msg: M) {
+    pub(crate) fn send(&self, reactor: usize, msg: M) {
         self.control(reactor, Msg::App(msg));
     }
 
-    pub fn control(&self, reactor: usize, msg: Msg<M>) {
+    pub(crate) fn control(&self, reactor: usize, msg: Msg<M>) {
         if let Some(h) = self.reactors.get(reactor) {
             h.send(msg);
         }
     }
 
-    pub fn broadcast(&self, msg: impl Fn() -> Msg<M>) {
+    pub(crate) fn broadcast(&self, msg: impl Fn() -> Msg<M>) {
         for h in &self.reactors {
             h.send(msg());
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.reactors.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.reactors.is_empty()
     }
 }

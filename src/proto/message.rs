@@ -80,9 +80,9 @@ impl<'a> ChatMessage<'a> {
     /// a chat message.
     pub fn decode(text: &'a str) -> Option<ChatMessage<'a>> {
         let w: Wire<'a> = serde_json::from_str(text.trim_end()).ok()?;
-        let to = match (w.msgid, w.toid, w.groupid) {
-            (6, Some(u), _) => Target::User(u),
-            (10, _, Some(g)) => Target::Group(g),
+        let to = match (MsgId::from_code(w.msgid.into()), w.toid, w.groupid) {
+            (Some(MsgId::OneChat), Some(u), _) => Target::User(u),
+            (Some(MsgId::GroupChat), _, Some(g)) => Target::Group(g),
             _ => return None,
         };
         Some(ChatMessage { from: w.id, name: w.name, to, msg: w.msg, time: w.time, ts: w.ts })

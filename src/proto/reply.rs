@@ -50,9 +50,10 @@ impl Ack<'_> {
 
 /// An error answer to request `req`: login and register use their own ack ids, others `ACK_MSG`.
 pub fn error(req: Option<i64>, seq: Option<&Value>, errno: Errno, errmsg: &str) -> Vec<u8> {
-    let mut ack = match req {
-        Some(1) => Ack::new(MsgId::LoginAck, errno),
-        Some(4) => Ack::new(MsgId::RegisterAck, errno),
+    let answered = req.and_then(|n| MsgId::from_code(u64::try_from(n).ok()?));
+    let mut ack = match answered {
+        Some(MsgId::Login) => Ack::new(MsgId::LoginAck, errno),
+        Some(MsgId::Register) => Ack::new(MsgId::RegisterAck, errno),
         _ => Ack { req, ..Ack::new(MsgId::Ack, errno) },
     };
     ack.seq = seq;
@@ -241,9 +242,9 @@ pub fn decode(frame: &[u8]) -> Option<Reply> {
         id: id("id"),
         groupid: id("groupid"),
     };
-    let msgid = object.get("msgid").and_then(Value::as_u64);
-    Some(match msgid {
-        Some(2) => {
+    let code = object.get("msgid").and_then(Value::as_u64);
+    Some(match code.and_then(MsgId::from_code) {
+        Some(MsgId::LoginAck) => {
             let welcome = match (answer.ok(), answer.id) {
                 (true, Some(id)) => Some(Welcome {
                     id,
@@ -259,13 +260,15 @@ pub fn decode(frame: &[u8]) -> Option<Reply> {
             };
             Reply::Login { answer, welcome }
         }
-        Some(5) => Reply::Register(answer),
-        Some(11) => Reply::Ack(answer),
-        Some(6 | 10) => match std::str::from_utf8(frame).ok().and_then(ChatMessage::decode) {
-            Some(m) => Reply::Chat(m.into_owned()),
-            None => Reply::Other(msgid),
-        },
-        _ => Reply::Other(msgid),
+        Some(MsgId::RegisterAck) => Reply::Register(answer),
+        Some(MsgId::Ack) => Reply::Ack(answer),
+        Some(MsgId::OneChat | MsgId::GroupChat) => {
+            match std::str::from_utf8(frame).ok().and_then(ChatMessage::decode) {
+                Some(m) => Reply::Chat(m.into_owned()),
+                None => Reply::Other(code),
+            }
+        }
+        _ => Reply::Other(code),
     })
 }
 

@@ -22,7 +22,7 @@ use crate::UserId;
 
 /// What other threads send a chat reactor.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     Deliver(Delivery),
     /// Fetch the mailbox of the session at `to` (messages were stored while it logged in).
     Drain {
@@ -61,7 +61,7 @@ impl Outlet for Router<Event> {
 
 /// One reactor's chat sessions.
 #[derive(Debug)]
-pub struct ChatHandler {
+pub(crate) struct ChatHandler {
     service: Arc<Service>,
     router: Arc<Router<Event>>,
     pool: PoolHandle,

@@ -13,7 +13,7 @@ use crate::{GroupId, UserId};
 impl Service {
     /// Handles one request of a connection; every decision goes to `fx` (replies, deliveries,
     /// the job that must finish before the connection's next request is handled).
-    pub fn handle(&self, session: &mut SessionState, frame: Parsed, fx: &mut Effects) {
+    pub(crate) fn handle(&self, session: &mut SessionState, frame: Parsed, fx: &mut Effects) {
         // A body that is still a map of fields is parsed below, after the session check.
         let (msgid, seq, body) = match frame {
             Parsed::Chat { msgid, seq, req } => (msgid, seq, Ok(req)),

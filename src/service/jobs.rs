@@ -22,7 +22,7 @@ enum Unavailable {
 
 impl Job {
     /// The answer refusing this job's request with `errno`, if it came from a client.
-    pub fn reject(&self, errno: Errno) -> Option<Vec<u8>> {
+    pub(crate) fn reject(&self, errno: Errno) -> Option<Vec<u8>> {
         let req = self.kind.request()?;
         Some(reply::error(Some(req.code().into()), self.seq.as_ref(), errno, errno.message()))
     }
@@ -31,7 +31,7 @@ impl Job {
 impl JobKind {
     /// Whether it answers a client and may be refused (errno 10) when the pool is overloaded.
     /// Not a logout: its session has already ended here, and the bus claim must go with it.
-    pub fn sheddable(&self) -> bool {
+    pub(crate) fn sheddable(&self) -> bool {
         self.request().is_some() && !matches!(self, JobKind::Logout { .. })
     }
 
@@ -68,7 +68,7 @@ impl JobKind {
 
 impl Service {
     /// Carries out a job for the connection at `here`.
-    pub fn run(&self, job: Job, here: Loc, outlet: &dyn Outlet) -> Outcome {
+    pub(crate) fn run(&self, job: Job, here: Loc, outlet: &dyn Outlet) -> Outcome {
         let req = job.kind.request();
         let what = job.kind.name();
         let seq = job.seq;

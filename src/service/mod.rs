@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-pub use password::{HashError, Hasher};
+pub(crate) use password::{HashError, Hasher};
 
-pub use chat::{ChatHandler, Event};
+pub(crate) use chat::{ChatHandler, Event};
 pub use presence::Presence;
-pub use session::{Out, SessionState};
+pub(crate) use session::SessionState;
 
 pub use crate::net::Loc;
 
@@ -38,7 +38,7 @@ use crate::{GroupId, UserId};
 
 /// Shared by every reactor and pool thread of a node.
 #[derive(Debug)]
-pub struct Service {
+pub(crate) struct Service {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     presence: Arc<Presence>,
@@ -56,7 +56,7 @@ pub struct Service {
 
 /// The logged-in user of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
+pub(crate) struct User {
     pub id: UserId,
     pub name: Arc<str>,
 }
@@ -72,7 +72,7 @@ pub struct Delivery {
 
 /// What a handler asks of its reactor besides a blocking job.
 #[derive(Debug, Default)]
-pub struct Effects {
+pub(crate) struct Effects {
     /// Bytes for this connection, in order.
     pub replies: Vec<Vec<u8>>,
     pub deliveries: Vec<Delivery>,
@@ -86,14 +86,14 @@ pub struct Effects {
 
 /// Work for the blocking pool.
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     /// Echoed in the answer.
     pub seq: Option<Value>,
     pub kind: JobKind,
 }
 
 #[derive(Debug)]
-pub enum JobKind {
+pub(crate) enum JobKind {
     Login {
         id: UserId,
         password: String,
@@ -142,13 +142,13 @@ pub enum JobKind {
 
 /// A job's result, for the reactor that submitted it.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub reply: Option<Vec<u8>>,
     pub effect: Effect,
 }
 
 #[derive(Debug, Default)]
-pub enum Effect {
+pub(crate) enum Effect {
     #[default]
     None,
     LoggedIn {
@@ -162,7 +162,7 @@ pub enum Effect {
 }
 
 /// How the pool reaches reactors. Any thread.
-pub trait Outlet {
+pub(crate) trait Outlet {
     fn deliver(&self, d: Delivery);
     /// Asks the session at `to` to fetch its mailbox.
     fn drain(&self, to: Loc, user: UserId);
@@ -172,7 +172,7 @@ pub trait Outlet {
 
 impl Service {
     /// The service of one node; starts its mailbox lanes.
-    pub fn new(store: Box<dyn Store>, bus: Box<dyn Bus>, config: &Config) -> std::io::Result<Service> {
+    pub(crate) fn new(store: Box<dyn Store>, bus: Box<dyn Bus>, config: &Config) -> std::io::Result<Service> {
         let (store, bus): (Arc<dyn Store>, Arc<dyn Bus>) = (Arc::from(store), Arc::from(bus));
         let presence = Arc::new(Presence::default());
         let lanes = config.mailbox_lanes();
@@ -215,15 +215,15 @@ impl Service {
         })
     }
 
-    pub fn presence(&self) -> &Presence {
+    pub(crate) fn presence(&self) -> &Presence {
         &self.presence
     }
 
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         self.limits
     }
 
-    pub fn bus(&self) -> &dyn Bus {
+    pub(crate) fn bus(&self) -> &dyn Bus {
         &*self.bus
     }
 
@@ -231,7 +231,7 @@ impl Service {
     /// lock, before the user stops being live: there the reactor hands everything already sent
     /// to the session to [`Service::spill`], ahead of whatever senders do once it is gone.
     /// The bus claim is released in the background unless a logout job does it (`released`).
-    pub fn end_session(&self, user: UserId, here: Loc, before: impl FnOnce(), released: bool, fx: &mut Effects) {
+    pub(crate) fn end_session(&self, user: UserId, here: Loc, before: impl FnOnce(), released: bool, fx: &mut Effects) {
         self.presence.remove_with(user, here, before);
         if !released {
             fx.background.push(Job { seq: None, kind: JobKind::Offline { user } });
@@ -240,7 +240,7 @@ impl Service {
 
     /// Stores messages that were accepted but could not be written to their session, in order
     /// with every other write to that mailbox. Any thread; never blocks.
-    pub fn spill(&self, user: UserId, msgs: Vec<Arc<str>>, poke: Arc<dyn Outlet + Send + Sync>) {
+    pub(crate) fn spill(&self, user: UserId, msgs: Vec<Arc<str>>, poke: Arc<dyn Outlet + Send + Sync>) {
         if !msgs.is_empty() {
             self.mailboxes.spill(user, msgs, poke);
         }
@@ -249,13 +249,13 @@ impl Service {
     /// Hands a one-to-one chat whose recipient is not live here to the bus first, which
     /// routes it without holding a pool thread. The answer, now or later through the inbox,
     /// goes to [`Service::routed`].
-    pub fn route(&self, toid: UserId, msg: Arc<str>, from: Loc) -> Routing {
+    pub(crate) fn route(&self, toid: UserId, msg: Arc<str>, from: Loc) -> Routing {
         self.bus.route_async(toid, msg, from)
     }
 
     /// What the bus's answer to a routed chat means: its outcome, or `None` when the recipient
     /// is live nowhere and the job goes on to the pool (which stores the message).
-    pub fn routed(&self, job: &Job, result: Result<bool, BusError>) -> Option<Outcome> {
+    pub(crate) fn routed(&self, job: &Job, result: Result<bool, BusError>) -> Option<Outcome> {
         match result {
             Ok(true) => Some(Outcome {
                 reply: job.seq.as_ref().map(|seq| reply::ok(MsgId::OneChat, seq, None)),
@@ -271,7 +271,7 @@ impl Service {
 
     /// Finishes the queued mailbox writes and joins their threads. Call once nothing else will
     /// use the service.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.mailboxes.close();
     }
 }

@@ -6,14 +6,14 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use crate::config::HashCost;
 
 #[derive(Debug, Clone)]
-pub struct Hasher {
+pub(crate) struct Hasher {
     params: Params,
     /// Verified against when the user does not exist, so a login takes as long either way.
     decoy: String,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum HashError {
+pub(crate) enum HashError {
     #[error("invalid argon2 parameters: {0}")]
     Params(argon2::Error),
     #[error("no random salt: {0}")]
@@ -23,7 +23,7 @@ pub enum HashError {
 }
 
 impl Hasher {
-    pub fn new(cost: HashCost) -> Result<Hasher, HashError> {
+    pub(crate) fn new(cost: HashCost) -> Result<Hasher, HashError> {
         let params = Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(HashError::Params)?;
         let mut hasher = Hasher { params, decoy: String::new() };
         hasher.decoy = hasher.hash("decoy")?;
@@ -35,7 +35,7 @@ impl Hasher {
     }
 
     /// A PHC string (`$argon2id$v=19$m=…`) with a fresh random salt.
-    pub fn hash(&self, password: &str) -> Result<String, HashError> {
+    pub(crate) fn hash(&self, password: &str) -> Result<String, HashError> {
         let mut salt = [0u8; 16];
         getrandom::getrandom(&mut salt).map_err(HashError::Random)?;
         let salt = SaltString::encode_b64(&salt).map_err(HashError::Hash)?;
@@ -45,7 +45,7 @@ impl Hasher {
 
     /// Checks `password` against a stored PHC string; a malformed one never matches. The cost
     /// is the one stored with the hash, so raising the configured cost keeps old accounts valid.
-    pub fn verify(&self, password: &str, phc: Option<&str>) -> bool {
+    pub(crate) fn verify(&self, password: &str, phc: Option<&str>) -> bool {
         let Ok(parsed) = PasswordHash::new(phc.unwrap_or(&self.decoy)) else {
             return false;
         };

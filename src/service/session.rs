@@ -18,7 +18,7 @@ use crate::UserId;
 
 /// Who a connection is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum SessionState {
+pub(crate) enum SessionState {
     #[default]
     Anonymous,
     /// A login for this user is in flight; deliveries for the user are already accepted.
@@ -27,19 +27,19 @@ pub enum SessionState {
 }
 
 impl SessionState {
-    pub fn live(&self) -> Option<&User> {
+    pub(crate) fn live(&self) -> Option<&User> {
         match self {
             SessionState::Live(user) => Some(user),
             _ => None,
         }
     }
 
-    pub fn live_id(&self) -> Option<UserId> {
+    pub(crate) fn live_id(&self) -> Option<UserId> {
         self.live().map(|u| u.id)
     }
 
     /// Whether a message for `user` belongs to this session, now or once its login completes.
-    pub fn expects(&self, user: UserId) -> bool {
+    pub(crate) fn expects(&self, user: UserId) -> bool {
         match self {
             SessionState::Anonymous => false,
             SessionState::LoggingIn(id) => *id == user,
@@ -97,7 +97,7 @@ impl Sessions {
 
 /// One queued outbound message of a chat connection.
 #[derive(Debug)]
-pub enum Out {
+pub(crate) enum Out {
     /// An answer to this connection's own request.
     Reply(Vec<u8>),
     /// A chat message for `user`, shared with its other recipients; stored offline if unsent.
@@ -118,7 +118,7 @@ impl Outbound for Out {
 
 impl Out {
     /// The messages inside that must not be lost if it is never written.
-    pub fn into_unsent(self, unsent: &mut Vec<(UserId, Arc<str>)>) {
+    pub(crate) fn into_unsent(self, unsent: &mut Vec<(UserId, Arc<str>)>) {
         match self {
             Out::Reply(_) => {}
             Out::Chat(user, msg) => unsent.push((user, msg)),
