@@ -40,3 +40,32 @@ CREATE TABLE IF NOT EXISTS OfflineMessage (
     PRIMARY KEY (id),
     KEY idx_offline_userid (userid, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The message log (protocol version 2): every accepted chat message once, group messages once
+-- for all members, under its cluster-wide mid. `conv` is `u{low}:{high}` for a one-to-one
+-- conversation, `g{groupid}` for a group's; `name` is the sender's name when sent.
+CREATE TABLE IF NOT EXISTS Message (
+    mid      BIGINT UNSIGNED NOT NULL,
+    conv     VARCHAR(24)     NOT NULL,
+    sender   INT UNSIGNED    NOT NULL,
+    name     VARCHAR(50)     NOT NULL,
+    toid     INT UNSIGNED    NULL,
+    groupid  INT UNSIGNED    NULL,
+    msg      MEDIUMTEXT      NOT NULL,
+    sendtime VARCHAR(64)     NOT NULL,
+    ts       BIGINT UNSIGNED NOT NULL COMMENT 'server receive time, Unix ms',
+    cid      VARCHAR(64)     NULL COMMENT 'the sender''s id for the message, deduplicated',
+    PRIMARY KEY (mid),
+    KEY idx_message_conv (conv, ts, mid),
+    UNIQUE KEY uk_message_cid (sender, cid),
+    KEY idx_message_ts (ts)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The next mid: every node reserves a batch's mids here, in the batch's transaction.
+CREATE TABLE IF NOT EXISTS MessageSeq (
+    id   TINYINT UNSIGNED NOT NULL,
+    next BIGINT UNSIGNED  NOT NULL,
+    PRIMARY KEY (id)
+) ENGINE = InnoDB;
+
+INSERT IGNORE INTO MessageSeq (id, next) VALUES (1, 1);

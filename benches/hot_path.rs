@@ -55,6 +55,8 @@ fn delivery(c: &mut Criterion) {
         msg: "hello there, how are you?".into(),
         time: "2026-11-23 10:00:00".into(),
         ts: 1_795_429_769_401,
+        mid: Some(90_001),
+        cid: None,
     };
     c.bench_function("encode one delivery", |b| b.iter(|| black_box(&chat).encode()));
 }
@@ -82,7 +84,8 @@ fn route(c: &mut Criterion) {
     }
     let (tx, rx) = crossbeam_channel::unbounded::<Delivery>();
     let (name, msg, time) = ("a".into(), "hi".into(), "t".into());
-    let msg: Arc<str> = ChatMessage { from: 1, name, to: Target::User(2), msg, time, ts: 0 }.encode();
+    let msg: Arc<str> =
+        ChatMessage { from: 1, name, to: Target::User(2), msg, time, ts: 0, mid: Some(1), cid: None }.encode();
     let mut user = 0;
     c.bench_function("route to a live session (presence + channel hop)", |b| {
         b.iter(|| {

@@ -27,6 +27,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where `ts` comes from.
     pub clock: Clock,
+    /// Days of history kept in the message log; 0 keeps everything.
+    pub history_days: u32,
 }
 
 /// Argon2id cost parameters.
@@ -70,6 +72,7 @@ impl Default for Config {
             hash: HashCost::default(),
             shutdown_grace: Duration::from_millis(700),
             clock: Clock::System,
+            history_days: 30,
         }
     }
 }

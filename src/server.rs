@@ -3,7 +3,8 @@
 //!
 //! Shutdown: stop accepting → reactors stop reading and finish the jobs in flight (phase 1) →
 //! reactors end their sessions, flush with a deadline and store what is unsent (phase 2) →
-//! reactor threads joined → pool drained and joined → mailbox writes finished and joined.
+//! reactor threads joined → message log committed and joined → pool drained and joined →
+//! mailbox writes finished and joined.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use crate::bus::{Bus, BusError, Inbox};
 use crate::config::Config;
 use crate::net::{self, Acceptor, Limits, Loc, Msg, Router};
 use crate::pool::Pool;
-use crate::service::{ChatHandler, Delivery, Event, Outlet as _, Service};
+use crate::service::{ChatHandler, Delivery, Event, LogHandle, MessageLog, Outlet as _, Service};
 use crate::store::Store;
 use crate::UserId;
 
@@ -51,13 +52,17 @@ impl Server {
     /// Serves until [`ShutdownHandle::shutdown`], then shuts down gracefully and returns.
     pub fn run(self) -> io::Result<()> {
         let pool = Pool::start(self.config.pool_threads, self.config.pool_queue)?;
+        let (log, log_queue) = LogHandle::channel();
         let threads = self.config.threads.max(1);
         let (quiet_tx, quiet_rx) = crossbeam_channel::unbounded();
         let limits = Limits { max_frame: self.config.max_frame, max_outbound: self.config.max_outbound };
         let net::Reactors { router, threads: joins } =
             net::start_reactors("reactor", threads, limits, Some(quiet_tx), |_, router| {
-                ChatHandler::new(self.service.clone(), router.clone(), pool.handle())
+                ChatHandler::new(self.service.clone(), router.clone(), pool.handle(), log.clone())
             })?;
+        drop(log); // the reactors hold the handles: the writer ends after them
+        let (store, clock) = (self.service.store(), self.config.clock.clone());
+        let message_log = MessageLog::start(log_queue, store, router.clone(), clock, self.config.history_days)?;
         self.service.bus().start(Arc::new(NodeInbox { service: self.service.clone(), router: router.clone() }))?;
         log::info!("serving on {} with {threads} reactors", self.local_addr()?);
 
@@ -81,6 +86,7 @@ impl Server {
                 log::error!("a reactor thread panicked");
             }
         }
+        message_log.shutdown();
         service.bus().shutdown();
         pool.shutdown();
         service.shutdown();

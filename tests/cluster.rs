@@ -233,8 +233,9 @@ fn through_nginx_and_with_a_node_stopped() {
     }
 }
 
-/// The database goes away: what needs it fails at once with errno 10, local chat goes on, and
-/// the node recovers by itself when the database is back.
+/// The database goes away: what needs it fails at once with errno 10, chat included (a message
+/// is acknowledged, and seen, only once it is durable), and the node recovers by itself when
+/// the database is back.
 #[test]
 fn a_database_outage_is_errno_10_then_recovery() {
     let db = MariaDb::start();
@@ -246,8 +247,11 @@ fn a_database_outage_is_errno_10_then_recovery() {
     let mut b = Client::connect(server.addr);
     b.login_ok(idb, "pw");
     db.stop();
-    a.chat_acked(ida, idb, "no database needed", 1);
-    assert_eq!(b.recv()["msg"], "no database needed");
+    let t = Instant::now();
+    let r = a.request(json!({"msgid":6,"toid":idb,"msg":"not durable","seq":1}));
+    assert_eq!((&r["req"], &r["errno"]), (&json!(6), &json!(10)), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(12), "errno 10 took {:?}", t.elapsed());
+    assert!(b.try_recv(Duration::from_millis(300)).is_none(), "nobody sees a message that is not durable");
     let t = Instant::now();
     let r = a.request(json!({"msgid":7,"friendid":idb,"seq":2}));
     assert_eq!(r, json!({"msgid":11,"req":7,"seq":2,"errno":10,"errmsg":"server unavailable, retry later"}));
@@ -259,6 +263,8 @@ fn a_database_outage_is_errno_10_then_recovery() {
         seq += 1;
         (a.request(json!({"msgid":7,"friendid":idb,"seq":seq}))["errno"] == 0).then_some(())
     });
+    a.chat_acked(ida, idb, "durable again", seq + 1);
+    assert_eq!(b.recv()["msg"], "durable again");
     b.logout();
     let ack = b.login_ok(idb, "pw");
     assert_eq!(decoded(&ack, "friends")[0]["name"], "alice");

@@ -212,7 +212,9 @@ fn groups_create_join_chat() {
     assert_eq!(c.request(json!({"msgid":9,"id":idc,"groupid":gid,"seq":3}))["errno"], 0);
     c.logout();
     a.send(json!({"msgid":10,"id":ida,"name":"x","groupid":gid,"msg":"hello","time":"t","seq":"g"}));
-    assert_eq!(a.recv(), json!({"msgid":11,"req":10,"seq":"g","errno":0}));
+    let ack = a.recv();
+    assert_eq!(ack, json!({"msgid":11,"req":10,"seq":"g","errno":0,"mid":ack["mid"]}));
+    assert!(ack["mid"].as_u64().is_some_and(|m| m > 0), "the sender's ack carries the mid");
     let m = b.recv();
     assert_eq!(
         (m["msgid"].clone(), m["id"].clone(), m["name"].clone(), m["groupid"].clone()),

@@ -259,7 +259,7 @@ impl RedisLink {
             Target::Group(g) => self.channel('g', g),
         };
         let (name, msg, time) = ("".into(), body.into(), "".into());
-        let payload = ChatMessage { from: self.id, name, to, msg, time, ts: 0 }.encode();
+        let payload = ChatMessage { from: self.id, name, to, msg, time, ts: 0, mid: None, cid: None }.encode();
         resp(&mut self.out, &[b"PUBLISH", channel.as_bytes(), payload.trim_end().as_bytes()]);
     }
 

@@ -51,6 +51,9 @@ struct Args {
     /// Argon2id passes.
     #[arg(long, env = "CHAT_HASH_ITERATIONS", default_value_t = HashCost::default().iterations)]
     hash_iterations: u32,
+    /// Days of history kept (msgid 14); older messages are deleted hourly. 0 keeps everything.
+    #[arg(long, env = "CHAT_HISTORY_DAYS", default_value_t = 30)]
+    history_days: u32,
     /// How long shutdown waits, per phase, for work in flight and output to flush (ms).
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE_MS", default_value_t = 700)]
     shutdown_grace_ms: u64,
@@ -84,6 +87,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         mailbox_cap: args.mailbox_cap,
         hash: HashCost { memory_kib: args.hash_memory_kib, iterations: args.hash_iterations },
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        history_days: args.history_days,
         ..defaults
     };
     let store = chat::store::open(&args.store, config.store_connections()).context("--store")?;

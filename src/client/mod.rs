@@ -278,7 +278,8 @@ impl Session {
                     return Ok(After::Menu);
                 }
                 Ok(Command::Chat { to, msg }) => {
-                    let mut chat = Request::OneChat { id: Some(me), toid: to, msg, time: Some(time()) }.to_json();
+                    let mut chat =
+                        Request::OneChat { id: Some(me), toid: to, msg, time: Some(time()), cid: None }.to_json();
                     chat["name"] = name.into(); // as canonical clients do
                     (chat, "chat")
                 }
@@ -290,7 +291,8 @@ impl Session {
                 }
                 Ok(Command::AddGroup { id }) => (Request::AddGroup { id: Some(me), groupid: id }.to_json(), "addgroup"),
                 Ok(Command::GroupChat { id, msg }) => {
-                    let mut chat = Request::GroupChat { id: Some(me), groupid: id, msg, time: Some(time()) }.to_json();
+                    let mut chat =
+                        Request::GroupChat { id: Some(me), groupid: id, msg, time: Some(time()), cid: None }.to_json();
                     chat["name"] = name.into();
                     (chat, "groupchat")
                 }

@@ -29,6 +29,10 @@ pub struct ChatMessage<'a> {
     pub time: Cow<'a, str>,
     /// The server's receive time in Unix milliseconds; 0 when a canonical server left it out.
     pub ts: u64,
+    /// The message's id in the cluster, once it is durable (every copy carries it).
+    pub mid: Option<u64>,
+    /// The sender's own id for the message, when it gave one.
+    pub cid: Option<Cow<'a, str>>,
 }
 
 /// The field layout on the wire, `msgid` first as in the protocol's examples.
@@ -48,16 +52,19 @@ struct Wire<'a> {
     time: Cow<'a, str>,
     #[serde(default)]
     ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mid: Option<u64>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    cid: Option<Cow<'a, str>>,
 }
 
 impl<'a> ChatMessage<'a> {
-    /// The delivered form, newline included; the offline store keeps it without.
-    pub fn encode(&self) -> Arc<str> {
+    fn wire(&self) -> Wire<'_> {
         let (msgid, toid, groupid) = match self.to {
             Target::User(u) => (MsgId::OneChat, Some(u), None),
             Target::Group(g) => (MsgId::GroupChat, None, Some(g)),
         };
-        let wire = Wire {
+        Wire {
             msgid: msgid.code(),
             id: self.from,
             name: Cow::Borrowed(&self.name),
@@ -66,7 +73,19 @@ impl<'a> ChatMessage<'a> {
             msg: Cow::Borrowed(&self.msg),
             time: Cow::Borrowed(&self.time),
             ts: self.ts,
-        };
+            mid: self.mid,
+            cid: self.cid.as_deref().map(Cow::Borrowed),
+        }
+    }
+
+    /// As a JSON object, for lists of messages (history pages).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self.wire()).unwrap_or_default() // strings and integers always serialize
+    }
+
+    /// The delivered form, newline included; the offline store keeps it without.
+    pub fn encode(&self) -> Arc<str> {
+        let wire = self.wire();
         // Sized for the message, escapes aside, so the encoding rarely reallocates.
         let mut out = Vec::with_capacity(self.msg.len() + self.name.len() + self.time.len() + 96);
         if serde_json::to_writer(&mut out, &wire).is_err() {
@@ -85,7 +104,7 @@ impl<'a> ChatMessage<'a> {
             (Some(MsgId::GroupChat), _, Some(g)) => Target::Group(g),
             _ => return None,
         };
-        Some(ChatMessage { from: w.id, name: w.name, to, msg: w.msg, time: w.time, ts: w.ts })
+        Some(ChatMessage { from: w.id, name: w.name, to, msg: w.msg, time: w.time, ts: w.ts, mid: w.mid, cid: w.cid })
     }
 
     /// The same message, owning its text.
@@ -97,6 +116,8 @@ impl<'a> ChatMessage<'a> {
             msg: Cow::Owned(self.msg.into_owned()),
             time: Cow::Owned(self.time.into_owned()),
             ts: self.ts,
+            mid: self.mid,
+            cid: self.cid.map(|c| Cow::Owned(c.into_owned())),
         }
     }
 }
@@ -114,10 +135,12 @@ mod tests {
             msg: "a \"quoted\"\nline".into(),
             time: "t".into(),
             ts: 5,
+            mid: Some(9001),
+            cid: Some("c-1".into()),
         };
         let wire = m.encode();
         assert!(wire.starts_with("{\"msgid\":6,\"id\":2,\"name\":\"bob\",\"toid\":1,"));
-        assert!(wire.ends_with("\"ts\":5}\n"));
+        assert!(wire.ends_with("\"ts\":5,\"mid\":9001,\"cid\":\"c-1\"}\n"));
         assert_eq!(ChatMessage::decode(&wire), Some(m.clone()));
         let stored = wire.strip_suffix('\n').unwrap();
         assert_eq!(ChatMessage::decode(stored).map(ChatMessage::into_owned), Some(m.clone()));

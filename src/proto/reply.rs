@@ -40,11 +40,31 @@ struct Ack<'a> {
     id: Option<UserId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     groupid: Option<GroupId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mid: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dup: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    more: Option<bool>,
 }
 
 impl Ack<'_> {
     fn new(msgid: MsgId, errno: Errno) -> Self {
-        Ack { msgid: msgid.code(), req: None, seq: None, errno: errno.code(), errmsg: None, id: None, groupid: None }
+        Ack {
+            msgid: msgid.code(),
+            req: None,
+            seq: None,
+            errno: errno.code(),
+            errmsg: None,
+            id: None,
+            groupid: None,
+            mid: None,
+            dup: None,
+            messages: None,
+            more: None,
+        }
     }
 }
 
@@ -68,6 +88,19 @@ pub fn rejection(r: &Rejection) -> Vec<u8> {
 /// The success `ACK_MSG` of a request that carried `seq`.
 pub fn ok(req: MsgId, seq: &Value, groupid: Option<GroupId>) -> Vec<u8> {
     encode(&Ack { req: Some(req.code().into()), seq: Some(seq), groupid, ..Ack::new(MsgId::Ack, Errno::Ok) })
+}
+
+/// The success `ACK_MSG` of a chat: its `mid`, and `dup` when the `cid` had been accepted before.
+pub fn sent(req: MsgId, seq: &Value, mid: u64, dup: bool) -> Vec<u8> {
+    let ack = Ack { req: Some(req.code().into()), seq: Some(seq), mid: Some(mid), ..Ack::new(MsgId::Ack, Errno::Ok) };
+    encode(&Ack { dup: dup.then_some(true), ..ack })
+}
+
+/// A history page (msgid 14): always answered, with or without `seq`.
+pub fn history(seq: Option<&Value>, messages: &[ChatMessage<'_>], more: bool) -> Vec<u8> {
+    let messages = Some(messages.iter().map(ChatMessage::to_value).collect());
+    let req = Some(MsgId::History.code().into());
+    encode(&Ack { req, seq, messages, more: Some(more), ..Ack::new(MsgId::Ack, Errno::Ok) })
 }
 
 pub fn registered(id: UserId, seq: Option<&Value>) -> Vec<u8> {

@@ -32,6 +32,7 @@ pub enum MsgId {
     AddGroup = 9,
     GroupChat = 10,
     Ack = 11,
+    History = 14,
 }
 
 impl MsgId {
@@ -46,6 +47,7 @@ impl MsgId {
             8 => MsgId::CreateGroup,
             9 => MsgId::AddGroup,
             10 => MsgId::GroupChat,
+            14 => MsgId::History,
             _ => return None,
         })
     }
@@ -91,14 +93,51 @@ pub fn write_chat(out: &mut Vec<u8>, to: Target, msg: &str, seq: Option<u64>) {
 /// One request, its fields checked for type and range.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Login { id: UserId, password: String },
-    Logout { id: Option<UserId> },
-    Register { name: String, password: String },
-    OneChat { id: Option<UserId>, toid: UserId, msg: String, time: Option<String> },
-    AddFriend { id: Option<UserId>, friendid: UserId },
-    CreateGroup { id: Option<UserId>, name: String, desc: String },
-    AddGroup { id: Option<UserId>, groupid: GroupId },
-    GroupChat { id: Option<UserId>, groupid: GroupId, msg: String, time: Option<String> },
+    Login {
+        id: UserId,
+        password: String,
+    },
+    Logout {
+        id: Option<UserId>,
+    },
+    Register {
+        name: String,
+        password: String,
+    },
+    OneChat {
+        id: Option<UserId>,
+        toid: UserId,
+        msg: String,
+        time: Option<String>,
+        cid: Option<String>,
+    },
+    AddFriend {
+        id: Option<UserId>,
+        friendid: UserId,
+    },
+    CreateGroup {
+        id: Option<UserId>,
+        name: String,
+        desc: String,
+    },
+    AddGroup {
+        id: Option<UserId>,
+        groupid: GroupId,
+    },
+    GroupChat {
+        id: Option<UserId>,
+        groupid: GroupId,
+        msg: String,
+        time: Option<String>,
+        cid: Option<String>,
+    },
+    /// A page of a conversation's history, newest `limit` before `before`, oldest first.
+    History {
+        id: Option<UserId>,
+        with: Target,
+        before: Option<u64>,
+        limit: usize,
+    },
 }
 
 impl Request {
@@ -116,6 +155,7 @@ impl Request {
             Request::CreateGroup { .. } => MsgId::CreateGroup,
             Request::AddGroup { .. } => MsgId::AddGroup,
             Request::GroupChat { .. } => MsgId::GroupChat,
+            Request::History { .. } => MsgId::History,
         };
         put("msgid", msgid.code().into());
         if let Some(id) = self.claimed_id() {
@@ -131,13 +171,27 @@ impl Request {
                 put("password", password.as_str().into());
             }
             Request::Logout { .. } => {}
-            Request::OneChat { toid, msg, time, .. } | Request::GroupChat { groupid: toid, msg, time, .. } => {
+            Request::OneChat { toid, msg, time, cid, .. }
+            | Request::GroupChat { groupid: toid, msg, time, cid, .. } => {
                 let key = if msgid == MsgId::OneChat { "toid" } else { "groupid" };
                 put(key, (*toid).into());
                 put("msg", msg.as_str().into());
                 if let Some(time) = time {
                     put("time", time.as_str().into());
                 }
+                if let Some(cid) = cid {
+                    put("cid", cid.as_str().into());
+                }
+            }
+            Request::History { with, before, limit, .. } => {
+                match with {
+                    Target::User(u) => put("peer", (*u).into()),
+                    Target::Group(g) => put("groupid", (*g).into()),
+                }
+                if let Some(before) = before {
+                    put("before", (*before).into());
+                }
+                put("limit", (*limit).into());
             }
             Request::AddFriend { friendid, .. } => put("friendid", (*friendid).into()),
             Request::CreateGroup { name, desc, .. } => {
@@ -158,7 +212,8 @@ impl Request {
             | Request::AddFriend { id, .. }
             | Request::CreateGroup { id, .. }
             | Request::AddGroup { id, .. }
-            | Request::GroupChat { id, .. } => id,
+            | Request::GroupChat { id, .. }
+            | Request::History { id, .. } => id,
         }
     }
 }
@@ -192,6 +247,11 @@ pub const MAX_PASSWORD: usize = 128;
 pub const MAX_GROUP_DESC: usize = 200;
 pub const MAX_TIME: usize = 64;
 pub const MAX_SEQ: usize = 64;
+pub const MAX_CID: usize = 64;
+/// The largest `mid`: 2^53 - 1, exact in every JSON implementation.
+pub const MAX_MID: u64 = (1 << 53) - 1;
+pub const MAX_HISTORY_LIMIT: usize = 200;
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 
 /// A body field that is wrong: errno and text for the reply.
 pub type FieldError = (Errno, String);
@@ -207,6 +267,16 @@ pub enum Parsed {
     Chat { msgid: MsgId, seq: Option<Value>, req: Request },
     /// Any other JSON value: for [`parse_envelope`] and [`parse_body`].
     General(Value),
+}
+
+impl Parsed {
+    /// Whether it asks to send a chat message (valid or not).
+    pub fn is_chat(&self) -> bool {
+        match self {
+            Parsed::Chat { .. } => true,
+            Parsed::General(v) => matches!(v.get("msgid").and_then(Value::as_i64), Some(6 | 10)),
+        }
+    }
 }
 
 /// Parses one frame; an error means it is not JSON at all.
@@ -251,6 +321,8 @@ struct ChatFields<'a> {
     /// Borrowed only: a `time` with escapes takes the general path.
     #[serde(default, borrow)]
     time: Present<&'a str>,
+    #[serde(default, borrow)]
+    cid: Present<&'a str>,
 }
 
 /// The fast path: `Some` only for a chat request the general path would accept unchanged.
@@ -271,13 +343,16 @@ fn fast_chat(frame: &[u8], limits: Limits) -> Option<(MsgId, Option<Value>, Requ
         Some(v @ Value::Number(_)) if v.is_i64() || v.is_u64() => Some(v),
         Some(_) => return None,
     };
-    if f.msg.len() > limits.max_msg || f.time.0.is_some_and(|t| t.len() > MAX_TIME) {
+    if f.msg.len() > limits.max_msg
+        || f.time.0.is_some_and(|t| t.len() > MAX_TIME)
+        || f.cid.0.is_some_and(|c| !(1..=MAX_CID).contains(&c.len()))
+    {
         return None;
     }
-    let (msg, time) = (f.msg.into_owned(), f.time.0.map(str::to_owned));
+    let (msg, time, cid) = (f.msg.into_owned(), f.time.0.map(str::to_owned), f.cid.0.map(str::to_owned));
     match f.msgid {
-        6 => Some((MsgId::OneChat, seq, Request::OneChat { id, toid: user(f.toid.0)?, msg, time })),
-        10 => Some((MsgId::GroupChat, seq, Request::GroupChat { id, groupid: user(f.groupid.0)?, msg, time })),
+        6 => Some((MsgId::OneChat, seq, Request::OneChat { id, toid: user(f.toid.0)?, msg, time, cid })),
+        10 => Some((MsgId::GroupChat, seq, Request::GroupChat { id, groupid: user(f.groupid.0)?, msg, time, cid })),
         _ => None,
     }
 }
@@ -320,6 +395,7 @@ pub fn parse_body(msgid: MsgId, mut f: Map<String, Value>, limits: Limits) -> Re
             toid: id(&f, "toid")?,
             msg: msg(&mut f, limits)?,
             time: time(&mut f)?,
+            cid: cid(&mut f)?,
         },
         MsgId::AddFriend => Request::AddFriend { id: opt_id(&f, "id")?, friendid: id(&f, "friendid")? },
         MsgId::CreateGroup => Request::CreateGroup {
@@ -336,7 +412,9 @@ pub fn parse_body(msgid: MsgId, mut f: Map<String, Value>, limits: Limits) -> Re
             groupid: id(&f, "groupid")?,
             msg: msg(&mut f, limits)?,
             time: time(&mut f)?,
+            cid: cid(&mut f)?,
         },
+        MsgId::History => history(&mut f)?,
         MsgId::LoginAck | MsgId::RegisterAck | MsgId::Ack => return Err((Errno::UnknownMsgId, "unknown msgid".into())),
     })
 }
@@ -421,6 +499,33 @@ fn time(f: &mut Map<String, Value>) -> Result<Option<String>, FieldError> {
     f.remove("time").map(|v| text(v, "time", 0, MAX_TIME)).transpose()
 }
 
+fn cid(f: &mut Map<String, Value>) -> Result<Option<String>, FieldError> {
+    f.remove("cid").map(|v| text(v, "cid", 1, MAX_CID)).transpose()
+}
+
+fn history(f: &mut Map<String, Value>) -> Result<Request, FieldError> {
+    let with = match (opt_id(f, "peer")?, opt_id(f, "groupid")?) {
+        (Some(peer), None) => Target::User(peer),
+        (None, Some(group)) => Target::Group(group),
+        _ => return Err(bad("bad request: exactly one of peer and groupid")),
+    };
+    let before = match f.get("before") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(m) if (1..=MAX_MID).contains(&m) => Some(m),
+            _ => return Err(bad("bad request: before must be a mid")),
+        },
+    };
+    let limit = match f.get("limit") {
+        None => DEFAULT_HISTORY_LIMIT,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_HISTORY_LIMIT as u64).contains(&n) => n as usize,
+            _ => return Err(bad(format!("bad request: limit must be an integer in 1..={MAX_HISTORY_LIMIT}"))),
+        },
+    };
+    Ok(Request::History { id: opt_id(f, "id")?, with, before, limit })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,12 +547,14 @@ mod tests {
             Request::Logout { id: Some(1) },
             Request::Logout { id: None },
             Request::Register { name: "alice".into(), password: "pw".into() },
-            Request::OneChat { id: Some(1), toid: 2, msg: msg.clone(), time: time.clone() },
-            Request::OneChat { id: None, toid: 2, msg: "x".into(), time: None },
+            Request::OneChat { id: Some(1), toid: 2, msg: msg.clone(), time: time.clone(), cid: None },
+            Request::OneChat { id: None, toid: 2, msg: "x".into(), time: None, cid: None },
             Request::AddFriend { id: Some(1), friendid: 2 },
             Request::CreateGroup { id: Some(1), name: "g".into(), desc: "d".into() },
             Request::AddGroup { id: None, groupid: 3 },
-            Request::GroupChat { id: Some(1), groupid: 3, msg, time },
+            Request::GroupChat { id: Some(1), groupid: 3, msg, time, cid: Some("c-1".into()) },
+            Request::History { id: None, with: Target::User(2), before: Some(9001), limit: 2 },
+            Request::History { id: Some(1), with: Target::Group(3), before: None, limit: 50 },
         ];
         for r in requests {
             assert_eq!(parse(r.to_json()).unwrap(), r);
@@ -456,7 +563,10 @@ mod tests {
         write_chat(&mut out, Target::Group(3), "a \"b\"", Some(9));
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["seq"], 9);
-        assert_eq!(parse(v).unwrap(), Request::GroupChat { id: None, groupid: 3, msg: "a \"b\"".into(), time: None });
+        assert_eq!(
+            parse(v).unwrap(),
+            Request::GroupChat { id: None, groupid: 3, msg: "a \"b\"".into(), time: None, cid: None }
+        );
     }
 
     #[test]
@@ -464,7 +574,7 @@ mod tests {
         let chat = json!({"msgid":6,"id":1,"name":"a","toid":2,"msg":"hi","time":"t"});
         assert_eq!(
             parse(chat).unwrap(),
-            Request::OneChat { id: Some(1), toid: 2, msg: "hi".into(), time: Some("t".into()) }
+            Request::OneChat { id: Some(1), toid: 2, msg: "hi".into(), time: Some("t".into()), cid: None }
         );
         let group = json!({"msgid":8,"id":1,"groupname":"g","groupdesc":"d"});
         assert_eq!(parse(group).unwrap(), Request::CreateGroup { id: Some(1), name: "g".into(), desc: "d".into() });
@@ -496,6 +606,11 @@ mod tests {
             r#"{"msgid":6.0,"toid":2,"msg":"hi"}"#,
             r#"{"msgid":6,"groupid":2,"msg":"hi"}"#,
             r#"{"msgid":7,"friendid":2,"msg":"hi"}"#,
+            r#"{"msgid":6,"toid":2,"msg":"hi","cid":"c-1"}"#,
+            r#"{"msgid":6,"toid":2,"msg":"hi","cid":""}"#,
+            r#"{"msgid":6,"toid":2,"msg":"hi","cid":7}"#,
+            r#"{"msgid":6,"toid":2,"msg":"hi","cid":"c\u0001"}"#,
+            r#"{"msgid":10,"groupid":2,"msg":"hi","cid":"ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"}"#,
             r#"{"msgid":6,"toid":2,"id":3,"msg":"hi","time":"ttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt"}"#,
         ];
         for frame in frames {

@@ -10,14 +10,17 @@ use std::collections::HashMap;
 use std::mem;
 use std::sync::Arc;
 
-use super::session::{delivered, Out, SessionState, Sessions};
+use super::message_log::{Accepted, LogHandle, LogResult};
+use super::session::{delivered, Out, Sent, SessionState, Sessions};
 use super::{Delivery, Effect, Effects, Job, JobKind, Outcome, Outlet, Service, User};
 use crate::bus::{BusError, Routing};
 use crate::net::{Handler, Io, Loc, Router};
 use crate::pool::PoolHandle;
 use crate::proto::codec::FrameError;
+use crate::proto::message::Target;
 use crate::proto::request::{self, Parsed};
 use crate::proto::{reply, Errno};
+use crate::store::Logged;
 use crate::UserId;
 
 /// What other threads send a chat reactor.
@@ -39,6 +42,8 @@ pub(crate) enum Event {
         from: Loc,
         result: Result<bool, BusError>,
     },
+    /// Chat messages of this reactor's connections are back from the log, in the order sent.
+    Logged(Vec<LogResult>),
     /// Close the connection at `to`: its user is live on another node.
     Evict {
         to: Loc,
@@ -65,6 +70,7 @@ pub(crate) struct ChatHandler {
     service: Arc<Service>,
     router: Arc<Router<Event>>,
     pool: PoolHandle,
+    log: LogHandle,
     sessions: Sessions,
     /// Chats waiting for the bus's answer, by sender. Kept apart from the sessions: a sender
     /// that closes meanwhile still has its message stored if nobody received it.
@@ -74,16 +80,44 @@ pub(crate) struct ChatHandler {
 }
 
 impl ChatHandler {
-    pub(crate) fn new(service: Arc<Service>, router: Arc<Router<Event>>, pool: PoolHandle) -> ChatHandler {
+    pub(crate) fn new(
+        service: Arc<Service>,
+        router: Arc<Router<Event>>,
+        pool: PoolHandle,
+        log: LogHandle,
+    ) -> ChatHandler {
         let (sessions, routing, fx) = (Sessions::default(), HashMap::new(), Effects::default());
-        ChatHandler { service, router, pool, sessions, routing, jobs_in_flight: 0, fx }
+        ChatHandler { service, router, pool, log, sessions, routing, jobs_in_flight: 0, fx }
     }
 
     fn dispatch(&mut self, io: &mut impl Io<Self>, at: Loc, parsed: Parsed) {
         let Some(session) = self.sessions.get_mut(at) else { return };
+        if !session.sent.is_empty() && !parsed.is_chat() {
+            // Chat messages of this connection are in the log: what comes after them waits
+            // for their answers (per-connection order), reading nothing further meanwhile.
+            session.deferred = Some(parsed);
+            io.pause(at);
+            return;
+        }
         self.service.handle(&mut session.state, parsed, &mut self.fx);
+        if !session.sent.is_empty() {
+            // A refused chat message is answered after the messages before it.
+            session.sent.extend(self.fx.replies.drain(..).map(Sent::Answer));
+        }
+        let mut unlogged = None;
+        if let Some((seq, msg)) = self.fx.log.take() {
+            session.sent.push_back(Sent::Logging);
+            self.jobs_in_flight += 1;
+            if let Err(accepted) = self.log.append(Accepted { at, seq, msg }) {
+                unlogged = Some(LogResult { accepted: *accepted, logged: None });
+                // the writer has stopped
+            }
+        }
         let job = self.fx.job.take();
         let ended = self.fx.ended.take();
+        if let Some(r) = unlogged {
+            self.on_logged(io, vec![r]);
+        }
         self.apply_effects(io, at);
         if let Some(user) = ended {
             let released = job.as_ref().is_some_and(|j| matches!(j.kind, JobKind::Logout { .. }));
@@ -144,9 +178,14 @@ impl ChatHandler {
         }
         session.job = true;
         io.pause(at);
+        self.start_job(io, at, job);
+    }
+
+    /// Starts a job, which answers with `Event::JobDone`: a chat goes to the bus first,
+    /// sharing round trips, everything else to the pool.
+    fn start_job(&mut self, io: &mut impl Io<Self>, at: Loc, job: Job) {
         self.jobs_in_flight += 1;
-        // A chat goes to the bus first, sharing round trips; everything else to the pool.
-        if let JobKind::Chat { toid, msg } = &job.kind {
+        if let JobKind::Chat { toid, msg, .. } = &job.kind {
             match self.service.route(*toid, msg.clone(), at) {
                 Routing::Queued => drop(self.routing.insert(at, job)),
                 Routing::Done(result) => self.settle_route(io, at, job, result),
@@ -237,6 +276,68 @@ impl ChatHandler {
         }
     }
 
+    /// Results from the log, in the order their connections sent them.
+    fn on_logged(&mut self, io: &mut impl Io<Self>, results: Vec<LogResult>) {
+        for r in results {
+            self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+            let at = r.accepted.at;
+            let Some(session) = self.sessions.get_mut(at) else {
+                self.settle_orphan(io, r);
+                continue;
+            };
+            match session.sent.iter_mut().find(|s| matches!(s, Sent::Logging)) {
+                Some(slot) => *slot = Sent::Logged(r),
+                None => {
+                    log::error!("conn {}.{}: a log result it did not wait for", at.reactor, at.conn);
+                    self.settle_orphan(io, r);
+                    continue;
+                }
+            }
+            self.advance(io, at);
+        }
+    }
+
+    /// Answers and delivers, in request order, what the log has returned for `at`, up to the
+    /// first message still in the log or a job; then a deferred request, once nothing waits.
+    fn advance(&mut self, io: &mut impl Io<Self>, at: Loc) {
+        loop {
+            let Some(session) = self.sessions.get_mut(at) else { return };
+            if session.job || matches!(session.sent.front(), Some(Sent::Logging)) {
+                return;
+            }
+            match session.sent.pop_front() {
+                Some(Sent::Answer(bytes)) => drop(io.send(at, Out::Reply(bytes))),
+                Some(Sent::Logged(r)) => {
+                    self.service.logged(r.accepted.seq, &r.accepted.msg, r.logged, &mut self.fx);
+                    let job = self.fx.job.take();
+                    self.apply_effects(io, at);
+                    if let Some(job) = job {
+                        self.submit(io, at, job);
+                    }
+                }
+                Some(Sent::Logging) => unreachable!("checked above"),
+                None => break,
+            }
+        }
+        let Some(session) = self.sessions.get_mut(at) else { return };
+        if let Some(parsed) = session.deferred.take() {
+            io.resume(at);
+            self.dispatch(io, at, parsed);
+        }
+    }
+
+    /// A logged message whose sender has gone: delivered all the same, answered to nobody.
+    fn settle_orphan(&mut self, io: &mut impl Io<Self>, r: LogResult) {
+        let at = r.accepted.at;
+        self.service.logged(None, &r.accepted.msg, r.logged, &mut self.fx);
+        self.fx.replies.clear();
+        let job = self.fx.job.take();
+        self.apply_effects(io, at);
+        if let Some(job) = job {
+            self.start_job(io, at, job);
+        }
+    }
+
     fn on_job_done(&mut self, io: &mut impl Io<Self>, at: Loc, outcome: Outcome) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         let Some(session) = self.sessions.get_mut(at).filter(|s| s.job) else {
@@ -255,7 +356,9 @@ impl ChatHandler {
         if let SessionState::LoggingIn(_) = session.state {
             session.state = SessionState::Anonymous;
         }
-        io.resume(at);
+        if session.deferred.is_none() {
+            io.resume(at);
+        }
         let mut unsent = Vec::new();
         if let Some(bytes) = outcome.reply {
             queue(io, at, Out::Reply(bytes), &mut unsent);
@@ -308,6 +411,7 @@ impl ChatHandler {
         if let Some(user) = drain {
             self.submit(io, at, Job { seq: None, kind: JobKind::Drain { user } });
         }
+        self.advance(io, at);
     }
 
     /// A stream that cannot be read on: answer it, end the session, linger until the peer closes.
@@ -325,6 +429,12 @@ impl ChatHandler {
     fn closed(&mut self, io: &mut impl Io<Self>, at: Loc, unsent: Vec<Out>) {
         let mut msgs = messages_of(unsent);
         let Some(mut session) = self.sessions.remove(at) else { return self.spill(msgs) };
+        // Its messages back from the log but not yet delivered are delivered all the same.
+        for slot in mem::take(&mut session.sent) {
+            if let Sent::Logged(r) = slot {
+                self.settle_orphan(io, r);
+            }
+        }
         msgs.append(&mut session.held);
         match session.state.live_id() {
             Some(user) => self.end_session(io, at, user, msgs, false),
@@ -358,6 +468,7 @@ impl Handler for ChatHandler {
             Event::Deliver(d) => self.deliver(io, d),
             Event::Drain { to, user } => self.on_drain(io, to, user),
             Event::JobDone { at, outcome } => self.on_job_done(io, at, outcome),
+            Event::Logged(results) => self.on_logged(io, results),
             Event::Routed { from, result } => match self.routing.remove(&from) {
                 Some(job) => self.settle_route(io, from, job, result),
                 None => log::error!("conn {}.{}: a bus answer for no chat", from.reactor, from.conn),
@@ -390,8 +501,13 @@ impl Handler for ChatHandler {
         for msg in leftover {
             match msg {
                 Event::Deliver(d) => self.spill(vec![(d.user, d.msg)]),
+                Event::Logged(results) => {
+                    for r in results {
+                        self.unsettled_at_exit(&r);
+                    }
+                }
                 Event::Routed { from, result: Ok(false) } => {
-                    if let Some(Job { kind: JobKind::Chat { toid, msg }, .. }) = self.routing.remove(&from) {
+                    if let Some(Job { kind: JobKind::Chat { toid, msg, .. }, .. }) = self.routing.remove(&from) {
                         self.spill(vec![(toid, msg)]); // received by nobody: stored, as the pool would
                     }
                 }
@@ -408,6 +524,19 @@ impl Handler for ChatHandler {
 
     fn busy(&self) -> bool {
         self.jobs_in_flight > 0
+    }
+}
+
+impl ChatHandler {
+    /// A logged message that came back after the reactor stopped: a one-to-one message is
+    /// stored for its recipient; a group message stays in the log (history) only.
+    fn unsettled_at_exit(&self, r: &LogResult) {
+        let Some(Logged::Fresh(mid)) = r.logged else { return };
+        let m = &r.accepted.msg;
+        match m.to {
+            Target::User(toid) => self.spill(vec![(toid, m.with_mid(mid).encode())]),
+            Target::Group(g) => log::warn!("group {g}: message {mid} logged during shutdown, not delivered"),
+        }
     }
 }
 

@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use super::{Delivery, Effects, Job, JobKind, Service, SessionState};
-use crate::proto::message::{ChatMessage, Target};
+use crate::proto::message::Target;
 use crate::proto::reply;
 use crate::proto::request::{parse_body, parse_envelope, Envelope, Parsed};
 use crate::proto::{Errno, MsgId, Request};
+use crate::store::{Logged, NewMessage};
 use crate::{GroupId, UserId};
 
 impl Service {
@@ -58,22 +61,12 @@ impl Service {
         if req.claimed_id().is_some_and(|id| id != me.id) {
             return fail(fx, Errno::Forbidden, Errno::Forbidden.message());
         }
-        let ack = |fx: &mut Effects| {
-            if let Some(seq) = &seq {
-                fx.replies.push(reply::ok(msgid, seq, None));
-            }
-        };
-        let chat = |to: Target, msg: &str, time: Option<String>| {
+        let accept = |fx: &mut Effects, to: Target, msg: String, time: Option<String>, cid: Option<String>| {
             let ts = self.clock.now_ms();
-            let encode = |time: &str| {
-                let (name, msg, time) = ((*me.name).into(), msg.into(), time.into());
-                ChatMessage { from: me.id, name, to, msg, time, ts }.encode()
-            };
-            match time {
-                Some(time) => encode(&time),
-                // A canonical client reads `time` unconditionally: supply the server's when absent.
-                None => crate::proto::time::with_utc(ts, encode),
-            }
+            // A canonical client reads `time` unconditionally: supply the server's when absent.
+            let time = time.unwrap_or_else(|| crate::proto::time::format_utc(ts));
+            let msg = NewMessage { from: me.id, name: me.name.clone(), to, msg, time, ts, cid };
+            fx.log = Some((seq.clone(), msg));
         };
         let kind = match req {
             Request::Login { .. } => return fail(fx, Errno::AlreadyOnline, Errno::AlreadyOnline.message()),
@@ -83,31 +76,62 @@ impl Service {
                 fx.ended = Some(me.id);
                 JobKind::Logout { user: me.id }
             }
-            Request::OneChat { toid, msg, time, .. } => {
-                let msg = chat(Target::User(toid), &msg, time);
-                match self.presence.get(toid) {
-                    Some(to) => {
-                        fx.deliveries.push(Delivery { to, user: toid, msg });
-                        return ack(fx);
-                    }
-                    None => JobKind::Chat { toid, msg },
-                }
-            }
+            Request::OneChat { toid, msg, time, cid, .. } => return accept(fx, Target::User(toid), msg, time, cid),
             Request::AddFriend { friendid, .. } if friendid == me.id => {
                 return fail(fx, Errno::BadRequest, "bad request: cannot add yourself as a friend");
             }
             Request::AddFriend { friendid, .. } => JobKind::AddFriend { me: me.id, friendid },
             Request::CreateGroup { name, desc, .. } => JobKind::CreateGroup { me: me.id, name, desc },
             Request::AddGroup { groupid, .. } => JobKind::AddGroup { me: me.id, groupid },
-            Request::GroupChat { groupid, msg, time, .. } => {
-                let msg = chat(Target::Group(groupid), &msg, time);
-                if self.deliver_to_group_here(me.id, groupid, &msg, fx) {
-                    return ack(fx);
-                }
-                JobKind::GroupChat { me: me.id, groupid, msg }
+            Request::GroupChat { groupid, msg, time, cid, .. } => {
+                return accept(fx, Target::Group(groupid), msg, time, cid);
             }
+            Request::History { with, before, limit, .. } => JobKind::History { me: me.id, with, before, limit },
         };
         fx.job = Some(Job { seq, kind });
+    }
+
+    /// A chat message came back from the log. Durable under a fresh mid, it is delivered: to
+    /// a recipient live here at once (the fast path), otherwise by a job. A duplicate `cid` is
+    /// only acknowledged; a failed write is errno 10 and nobody sees the message.
+    pub(crate) fn logged(&self, seq: Option<Value>, m: &NewMessage, logged: Option<Logged>, fx: &mut Effects) {
+        let req = match m.to {
+            Target::User(_) => MsgId::OneChat,
+            Target::Group(_) => MsgId::GroupChat,
+        };
+        let mid = match logged {
+            Some(Logged::Fresh(mid)) => mid,
+            Some(Logged::Dup(mid)) => {
+                if let Some(seq) = &seq {
+                    fx.replies.push(reply::sent(req, seq, mid, true));
+                }
+                return;
+            }
+            None => {
+                let errno = Errno::Unavailable;
+                fx.replies.push(reply::error(Some(req.code().into()), seq.as_ref(), errno, errno.message()));
+                return;
+            }
+        };
+        let msg = m.with_mid(mid).encode();
+        let ack = |fx: &mut Effects| {
+            if let Some(seq) = &seq {
+                fx.replies.push(reply::sent(req, seq, mid, false));
+            }
+        };
+        match m.to {
+            Target::User(toid) => match self.presence.get(toid) {
+                Some(to) => {
+                    fx.deliveries.push(Delivery { to, user: toid, msg });
+                    ack(fx);
+                }
+                None => fx.job = Some(Job { seq, kind: JobKind::Chat { toid, msg, mid } }),
+            },
+            Target::Group(groupid) => match self.deliver_to_group_here(m.from, groupid, &msg, fx) {
+                true => ack(fx),
+                false => fx.job = Some(Job { seq, kind: JobKind::GroupChat { me: m.from, groupid, msg, mid } }),
+            },
+        }
     }
 
     /// The group fast path: when the member list is cached and every other member is live on

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use super::{Delivery, Effect, Job, JobKind, Loc, Outcome, Outlet, Service};
+use crate::proto::message::Target;
 use crate::proto::reply::{self, LoginData};
 use crate::proto::{Errno, MsgId};
+use crate::store::{Conversation, Mid};
 use crate::UserId;
 
 /// A dependency failed; the request is answered with errno 10 and the cause logged once, with
@@ -31,8 +33,18 @@ impl Job {
 impl JobKind {
     /// Whether it answers a client and may be refused (errno 10) when the pool is overloaded.
     /// Not a logout: its session has already ended here, and the bus claim must go with it.
+    /// Nor a logged chat message: it was accepted already.
     pub(crate) fn sheddable(&self) -> bool {
-        self.request().is_some() && !matches!(self, JobKind::Logout { .. })
+        self.request().is_some()
+            && !matches!(self, JobKind::Logout { .. } | JobKind::Chat { .. } | JobKind::GroupChat { .. })
+    }
+
+    /// The mid of a logged chat message.
+    pub(crate) fn mid(&self) -> Option<Mid> {
+        match self {
+            JobKind::Chat { mid, .. } | JobKind::GroupChat { mid, .. } => Some(*mid),
+            _ => None,
+        }
     }
 
     /// For logs.
@@ -45,6 +57,7 @@ impl JobKind {
             JobKind::CreateGroup { .. } => "create-group",
             JobKind::AddGroup { .. } => "add-group",
             JobKind::GroupChat { .. } => "group chat",
+            JobKind::History { .. } => "history",
             JobKind::Drain { .. } => "mailbox drain",
             JobKind::Offline { .. } => "session end",
             JobKind::Logout { .. } => "logout",
@@ -60,6 +73,7 @@ impl JobKind {
             JobKind::CreateGroup { .. } => MsgId::CreateGroup,
             JobKind::AddGroup { .. } => MsgId::AddGroup,
             JobKind::GroupChat { .. } => MsgId::GroupChat,
+            JobKind::History { .. } => MsgId::History,
             JobKind::Logout { .. } => MsgId::Logout,
             JobKind::Drain { .. } | JobKind::Offline { .. } => return None,
         })
@@ -76,9 +90,20 @@ impl Service {
             reply: req.map(|r| reply::error(Some(r.code().into()), seq.as_ref(), errno, errmsg)),
             effect: Effect::None,
         };
+        let mid = job.kind.mid();
         let ok = |groupid| Outcome {
-            reply: seq.as_ref().zip(req).map(|(seq, r)| reply::ok(r, seq, groupid)),
+            reply: seq.as_ref().zip(req).map(|(seq, r)| match mid {
+                Some(mid) => reply::sent(r, seq, mid, false),
+                None => reply::ok(r, seq, groupid),
+            }),
             effect: Effect::None,
+        };
+        // A logged message refused after all leaves the log, so history never shows it.
+        let refuse = |errno: Errno| -> Result<Outcome, Unavailable> {
+            if let Some(mid) = mid {
+                self.store.unlog(mid)?;
+            }
+            Ok(error(errno, errno.message()))
         };
         let result: Result<Outcome, Unavailable> = (|| {
             Ok(match job.kind {
@@ -96,8 +121,8 @@ impl Service {
                         None => error(Errno::Credentials, "name is already taken"),
                     }
                 }
-                JobKind::Chat { toid, msg } => {
-                    // The bus has said the user is live on no other node (see `Service::chat`);
+                JobKind::Chat { toid, msg, .. } => {
+                    // The bus has said the user is live on no other node (see `Service::route`);
                     // it may have logged in here meanwhile. A live user exists: the database
                     // is asked only when storing.
                     let delivered =
@@ -106,11 +131,11 @@ impl Service {
                         return Ok(ok(None));
                     }
                     if !self.store.user_exists(toid)? {
-                        return Ok(error(Errno::NoSuchUser, Errno::NoSuchUser.message()));
+                        return refuse(Errno::NoSuchUser);
                     }
                     match self.store_offline(toid, &msg, outlet)? {
                         true => ok(None),
-                        false => error(Errno::MailboxFull, Errno::MailboxFull.message()),
+                        false => refuse(Errno::MailboxFull)?,
                     }
                 }
                 JobKind::AddFriend { me, friendid } => {
@@ -130,16 +155,16 @@ impl Service {
                     }
                     false => error(Errno::NoSuchGroup, Errno::NoSuchGroup.message()),
                 },
-                JobKind::GroupChat { me, groupid, msg } => {
+                JobKind::GroupChat { me, groupid, msg, .. } => {
                     let generation = self.groups.as_ref().map(|g| g.generation());
                     let Some(members) = self.store.group_members(groupid)? else {
-                        return Ok(error(Errno::NoSuchGroup, Errno::NoSuchGroup.message()));
+                        return refuse(Errno::NoSuchGroup);
                     };
                     if let (Some(cache), Some(generation)) = (&self.groups, generation) {
                         cache.fill(groupid, &members, generation);
                     }
                     if !members.contains(&me) {
-                        return Ok(error(Errno::NotMember, Errno::NotMember.message()));
+                        return refuse(Errno::NotMember);
                     }
                     for member in members.into_iter().filter(|&m| m != me) {
                         if !(self.deliver_live(member, &msg, outlet)? || self.store_offline(member, &msg, outlet)?) {
@@ -149,6 +174,28 @@ impl Service {
                     // Members are served one after the other: a sender's group messages reach
                     // each member in order, as one-to-one messages do.
                     ok(None)
+                }
+                JobKind::History { me, with, before, limit } => {
+                    match with {
+                        Target::User(peer) if !self.store.user_exists(peer)? => {
+                            return Ok(error(Errno::NoSuchUser, Errno::NoSuchUser.message()));
+                        }
+                        Target::User(_) => {}
+                        Target::Group(g) => match self.store.group_members(g)? {
+                            None => return Ok(error(Errno::NoSuchGroup, Errno::NoSuchGroup.message())),
+                            Some(members) if !members.contains(&me) => {
+                                return Ok(error(Errno::NotMember, Errno::NotMember.message()));
+                            }
+                            Some(_) => {}
+                        },
+                    }
+                    match self.store.history(Conversation::of(me, with), before, limit)? {
+                        Some(page) => Outcome {
+                            reply: Some(reply::history(seq.as_ref(), &page.messages, page.more)),
+                            effect: Effect::None,
+                        },
+                        None => error(Errno::BadRequest, "bad request: before is not a message of this conversation"),
+                    }
                 }
                 JobKind::Drain { user } => {
                     Outcome { reply: None, effect: Effect::Drained { user, msgs: self.store.take_offline(user)? } }

@@ -11,6 +11,7 @@ mod groups;
 mod handler;
 mod jobs;
 mod mailbox;
+mod message_log;
 mod password;
 mod presence;
 mod session;
@@ -22,6 +23,7 @@ use serde_json::Value;
 pub(crate) use password::{HashError, Hasher};
 
 pub(crate) use chat::{ChatHandler, Event};
+pub(crate) use message_log::{LogHandle, MessageLog};
 pub use presence::Presence;
 pub(crate) use session::SessionState;
 
@@ -29,11 +31,12 @@ pub use crate::net::Loc;
 
 use crate::bus::{Bus, BusError, Routing};
 use crate::config::Config;
+use crate::proto::message::Target;
 use crate::proto::reply::{self, LoginData};
 use crate::proto::request::Limits;
 use crate::proto::time::Clock;
-use crate::proto::{Errno, MsgId};
-use crate::store::Store;
+use crate::proto::MsgId;
+use crate::store::{Mid, NewMessage, Store};
 use crate::{GroupId, UserId};
 
 /// Shared by every reactor and pool thread of a node.
@@ -80,6 +83,9 @@ pub(crate) struct Effects {
     pub background: Vec<Job>,
     /// Work the connection waits for: it reads nothing further until the job is done.
     pub job: Option<Job>,
+    /// An accepted chat message (with its request's `seq`), for the log: nobody sees it
+    /// before it is durable.
+    pub log: Option<(Option<Value>, NewMessage)>,
     /// The session ended (logout): the reactor ends it for good (`Service::end_session`).
     pub ended: Option<UserId>,
 }
@@ -102,10 +108,11 @@ pub(crate) enum JobKind {
         name: String,
         password: String,
     },
-    /// A one-to-one message whose recipient is not live on this node.
+    /// A logged one-to-one message whose recipient is not live on this node.
     Chat {
         toid: UserId,
         msg: Arc<str>,
+        mid: Mid,
     },
     AddFriend {
         me: UserId,
@@ -120,10 +127,18 @@ pub(crate) enum JobKind {
         me: UserId,
         groupid: GroupId,
     },
+    /// A logged group message the reactor could not deliver itself.
     GroupChat {
         me: UserId,
         groupid: GroupId,
         msg: Arc<str>,
+        mid: Mid,
+    },
+    History {
+        me: UserId,
+        with: Target,
+        before: Option<Mid>,
+        limit: usize,
     },
     /// Deliver the mailbox of a session that came online while messages were being stored.
     Drain {
@@ -223,6 +238,10 @@ impl Service {
         self.limits
     }
 
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     pub(crate) fn bus(&self) -> &dyn Bus {
         &*self.bus
     }
@@ -253,18 +272,24 @@ impl Service {
         self.bus.route_async(toid, msg, from)
     }
 
-    /// What the bus's answer to a routed chat means: its outcome, or `None` when the recipient
-    /// is live nowhere and the job goes on to the pool (which stores the message).
+    /// What the bus's answer to a routed chat means: its outcome, or `None` when the job goes
+    /// on to the pool, which stores the message: the recipient is live nowhere, or the bus
+    /// could not say (the message is accepted already; stored, it is delivered at the next
+    /// login, or when the bus is back and its node fetches the mailboxes of its users).
     pub(crate) fn routed(&self, job: &Job, result: Result<bool, BusError>) -> Option<Outcome> {
         match result {
             Ok(true) => Some(Outcome {
-                reply: job.seq.as_ref().map(|seq| reply::ok(MsgId::OneChat, seq, None)),
+                reply: job
+                    .seq
+                    .as_ref()
+                    .zip(job.kind.mid())
+                    .map(|(seq, mid)| reply::sent(MsgId::OneChat, seq, mid, false)),
                 effect: Effect::None,
             }),
             Ok(false) => None,
             Err(e) => {
-                log::error!("chat to another node: {e}");
-                Some(Outcome { reply: job.reject(Errno::Unavailable), effect: Effect::None })
+                log::warn!("chat to another node: {e}; storing it instead");
+                None
             }
         }
     }

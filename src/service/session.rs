@@ -10,10 +10,13 @@
 //! While a job is in flight the connection reads nothing further (per-connection order), and
 //! deliveries for it are held, to follow the job's answer.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::message_log::LogResult;
 use super::User;
 use crate::net::{Loc, Outbound};
+use crate::proto::request::Parsed;
 use crate::UserId;
 
 /// Who a connection is.
@@ -59,11 +62,35 @@ pub(super) struct Session {
     pub held: Vec<(UserId, Arc<str>)>,
     /// A mailbox drain was asked for while a job was in flight.
     pub drain_wanted: bool,
+    /// The chat messages this connection sent that are not answered yet, and what was to be
+    /// answered after them, in request order.
+    pub sent: VecDeque<Sent>,
+    /// A request that waits for `sent` to empty (the connection is paused meanwhile).
+    pub deferred: Option<Parsed>,
+}
+
+/// One answer of a connection's request order, while chat messages are in the log.
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// In the log; the result comes back in order.
+    Logging,
+    /// Back from the log, waiting for what precedes it (a job of an earlier message).
+    Logged(LogResult),
+    /// A refusal of a later chat request, answered in its turn.
+    Answer(Vec<u8>),
 }
 
 impl Session {
     pub(super) fn new(at: Loc) -> Session {
-        Session { at, state: SessionState::Anonymous, job: false, held: Vec::new(), drain_wanted: false }
+        Session {
+            at,
+            state: SessionState::Anonymous,
+            job: false,
+            held: Vec::new(),
+            drain_wanted: false,
+            sent: VecDeque::new(),
+            deferred: None,
+        }
     }
 }
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use serde_json::{json, Value};
 
+use super::message_log::Accepted;
 use super::session::Out;
-use super::{ChatHandler, Delivery, Event, Service};
+use super::{ChatHandler, Delivery, Event, LogHandle, Service};
 use crate::bus::{Bus, BusError, LocalBus, Routing};
 use crate::config::{Config, HashCost};
 use crate::net::{Handler, Io, Loc, Msg, ReactorSeed, Router};
@@ -108,6 +109,10 @@ struct Node {
     handler: ChatHandler,
     io: FakeIo,
     tasks: Receiver<Task>,
+    /// Accepted chat messages, committed to the store when the test settles.
+    log: Receiver<Accepted>,
+    router: Arc<Router<Event>>,
+    clock: Clock,
 }
 
 impl Node {
@@ -117,18 +122,17 @@ impl Node {
 
     fn with_bus(bus: Arc<dyn Bus>) -> Node {
         let store = Arc::new(MemoryStore::default());
-        let config = Config {
-            hash: HashCost { memory_kib: 64, iterations: 1 },
-            clock: Clock::manual(1_767_261_600_000),
-            ..Config::default()
-        };
+        let clock = Clock::manual(1_767_261_600_000);
+        let config =
+            Config { hash: HashCost { memory_kib: 64, iterations: 1 }, clock: clock.clone(), ..Config::default() };
         let service = Arc::new(Service::without_threads(store.clone(), bus, &config));
         let (handle, rx) = ReactorSeed::detached().unwrap();
         let router = Arc::new(Router::new(vec![handle]));
         let (pool, tasks) = PoolHandle::manual(usize::MAX);
-        let handler = ChatHandler::new(service.clone(), router, pool);
+        let (log_handle, log) = LogHandle::channel();
+        let handler = ChatHandler::new(service.clone(), router.clone(), pool, log_handle);
         let io = FakeIo { conns: HashMap::new(), rx, deferred: VecDeque::new(), next: 0 };
-        Node { store, service, handler, io, tasks }
+        Node { store, service, handler, io, tasks, log, router, clock }
     }
 
     fn connect(&mut self) -> Loc {
@@ -165,12 +169,22 @@ impl Node {
         self.handler.on_message(&mut self.io, e);
     }
 
+    /// Commits what waits for the log, as one batch; `false` if nothing did.
+    fn commit_log(&mut self) -> bool {
+        let batch: Vec<Accepted> = self.log.try_iter().collect();
+        if batch.is_empty() {
+            return false;
+        }
+        super::message_log::commit(&*self.store, batch, &self.clock, &self.router);
+        true
+    }
+
     /// Runs tasks and hands over messages until neither is left.
     fn settle(&mut self) {
         loop {
             if let Ok(task) = self.tasks.try_recv() {
                 task();
-            } else if self.service.run_mailbox_writes() {
+            } else if self.commit_log() || self.service.run_mailbox_writes() {
                 continue;
             } else if let Some(e) = self.next_event() {
                 self.handle(e);
@@ -330,6 +344,7 @@ fn deliveries_carry_the_clock_s_time() {
     let (mut n, a, alice, b, _bob) = alice_and_bob();
     n.login(a, alice);
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"hi"}));
+    n.settle();
     let line = &n.take_lines(a)[0];
     assert_eq!(
         (line["ts"].clone(), line["time"].clone()),
@@ -378,6 +393,7 @@ fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
     let bob = n.register(b, "bob");
     n.login(b, bob);
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"first","time":"t","seq":1}));
+    n.settle(); // logged, then handed to the bus
     assert!(n.io.conns[&b].paused, "the sender waits for the bus");
     assert_eq!(bus.routes.lock().pop(), Some((alice, b)));
     n.handle(Event::Routed { from: b, result: Ok(false) });
@@ -390,7 +406,8 @@ fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
     assert_eq!(offline(&n.login(a, alice)), ["\"first\"", "\"second\""]);
 }
 
-/// Received on another node: acknowledged, nothing stored. The bus unreachable: errno 10.
+/// Received on another node: acknowledged, nothing stored. The bus unreachable: stored for
+/// the recipient's next login, and acknowledged (the message is durable in the log).
 #[test]
 fn a_routed_chat_is_answered_by_the_bus() {
     let bus = Arc::new(SlowBus::default());
@@ -400,11 +417,15 @@ fn a_routed_chat_is_answered_by_the_bus() {
     let bob = n.register(b, "bob");
     n.login(b, bob);
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"there","time":"t","seq":1}));
+    n.settle();
     n.handle(Event::Routed { from: b, result: Ok(true) });
-    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"lost","time":"t","seq":2}));
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"kept","time":"t","seq":2}));
+    n.settle();
     n.handle(Event::Routed { from: b, result: Err(BusError::Stopped) });
     n.settle();
-    let errnos: Vec<Value> = n.take_lines(b).iter().map(|l| l["errno"].clone()).collect();
-    assert_eq!(errnos, [json!(0), json!(10)]);
-    assert!(offline(&n.login(a, alice)).is_empty(), "nothing stored");
+    let acks = n.take_lines(b);
+    let errnos: Vec<Value> = acks.iter().map(|l| l["errno"].clone()).collect();
+    assert_eq!(errnos, [json!(0), json!(0)]);
+    assert!(acks[0]["mid"].as_u64() < acks[1]["mid"].as_u64(), "each has its mid: {acks:?}");
+    assert_eq!(offline(&n.login(a, alice)), ["\"kept\""], "only what no node received is stored");
 }

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use parking_lot::Mutex;
 
-use super::{GroupRecord, MemberRecord, Store, StoreResult, UserRecord};
+use super::{
+    Conversation, GroupRecord, HistoryPage, Logged, MemberRecord, Mid, NewMessage, Store, StoreResult, UserRecord,
+};
+use crate::proto::message::ChatMessage;
 use crate::{GroupId, UserId};
 
 #[derive(Debug, Default)]
@@ -23,6 +26,9 @@ struct Data {
     /// `(group, user)` → creator?
     members: BTreeMap<(GroupId, UserId), bool>,
     mailboxes: HashMap<UserId, VecDeque<String>>,
+    /// The log by mid, which the store gives out in order from 1.
+    log: BTreeMap<Mid, (Conversation, ChatMessage<'static>)>,
+    last_mid: Mid,
 }
 
 impl Store for MemoryStore {
@@ -117,5 +123,58 @@ impl Store for MemoryStore {
 
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>> {
         Ok(self.data.lock().mailboxes.remove(&user).map(Vec::from).unwrap_or_default())
+    }
+
+    fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
+        let mut d = self.data.lock();
+        let mut out = Vec::with_capacity(batch.len());
+        for &m in batch {
+            let earlier = m.cid.as_deref().and_then(|cid| {
+                d.log.iter().find(|(_, (_, l))| l.from == m.from && l.cid.as_deref() == Some(cid)).map(|(&mid, _)| mid)
+            });
+            if let Some(mid) = earlier {
+                if d.log[&mid].1.ts >= dedup_since || out.contains(&Logged::Fresh(mid)) {
+                    out.push(Logged::Dup(mid));
+                    continue;
+                }
+                if let Some(entry) = d.log.get_mut(&mid) {
+                    entry.1.cid = None;
+                }
+            }
+            d.last_mid += 1;
+            let mid = d.last_mid;
+            d.log.insert(mid, (Conversation::of(m.from, m.to), m.with_mid(mid).into_owned()));
+            out.push(Logged::Fresh(mid));
+        }
+        Ok(out)
+    }
+
+    fn unlog(&self, mid: Mid) -> StoreResult<()> {
+        self.data.lock().log.remove(&mid);
+        Ok(())
+    }
+
+    fn history(&self, conv: Conversation, before: Option<Mid>, limit: usize) -> StoreResult<Option<HistoryPage>> {
+        let d = self.data.lock();
+        let bound = match before {
+            None => (u64::MAX, Mid::MAX),
+            Some(mid) => match d.log.get(&mid) {
+                Some((c, m)) if *c == conv => (m.ts, mid),
+                _ => return Ok(None),
+            },
+        };
+        let mut older: Vec<&ChatMessage<'static>> =
+            d.log.iter().filter(|(&mid, (c, m))| *c == conv && (m.ts, mid) < bound).map(|(_, (_, m))| m).collect();
+        older.sort_by_key(|m| (m.ts, m.mid));
+        let more = older.len() > limit;
+        let messages = older.split_off(older.len().saturating_sub(limit)).into_iter().cloned().collect();
+        Ok(Some(HistoryPage { messages, more }))
+    }
+
+    fn prune_history(&self, ts: u64) -> StoreResult<u64> {
+        let mut d = self.data.lock();
+        let before = d.log.len();
+        d.log.retain(|_, (_, m)| m.ts >= ts);
+        Ok((before - d.log.len()) as u64)
     }
 }

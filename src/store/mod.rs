@@ -1,4 +1,5 @@
-//! Durable data: users, friends, groups and offline messages.
+//! Durable data: users, friends, groups, offline messages, and the message log (every accepted
+//! chat message once, with its `mid`: durability, `cid` deduplication and history).
 //!
 //! Every method blocks; callers run them on the blocking pool, never on a reactor. Tables and
 //! columns are the canonical ones (`schema.sql`); `User.state` is written for tools that read it
@@ -12,7 +13,105 @@ pub use memory::MemoryStore;
 pub use mysql::MysqlStore;
 pub use sqlite::SqliteStore;
 
+use std::sync::Arc;
+
+use crate::proto::message::{ChatMessage, Target};
 use crate::{GroupId, UserId};
+
+/// A message's id in the cluster: 1..2^53-1, given out by the log.
+pub type Mid = u64;
+
+/// A chat message for the log, before it has a `mid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub from: UserId,
+    /// The sender's name when sent (history keeps it).
+    pub name: Arc<str>,
+    pub to: Target,
+    pub msg: String,
+    pub time: String,
+    pub ts: u64,
+    pub cid: Option<String>,
+}
+
+impl NewMessage {
+    /// The message as delivered, once it has its `mid`.
+    pub fn with_mid(&self, mid: Mid) -> ChatMessage<'_> {
+        ChatMessage {
+            from: self.from,
+            name: (*self.name).into(),
+            to: self.to,
+            msg: self.msg.as_str().into(),
+            time: self.time.as_str().into(),
+            ts: self.ts,
+            mid: Some(mid),
+            cid: self.cid.as_deref().map(Into::into),
+        }
+    }
+}
+
+/// What the log made of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logged {
+    /// Stored, durable, under this new mid.
+    Fresh(Mid),
+    /// Its (sender, cid) was already logged, under this mid: not stored again.
+    Dup(Mid),
+}
+
+/// A conversation of the log: the one-to-one messages between two users, or a group's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Conversation {
+    /// The lower id first.
+    Pair(UserId, UserId),
+    Group(GroupId),
+}
+
+impl Conversation {
+    pub fn of(from: UserId, to: Target) -> Conversation {
+        match to {
+            Target::User(u) => Conversation::Pair(from.min(u), from.max(u)),
+            Target::Group(g) => Conversation::Group(g),
+        }
+    }
+
+    /// The key the log indexes it by.
+    pub fn key(self) -> String {
+        match self {
+            Conversation::Pair(a, b) => format!("u{a}:{b}"),
+            Conversation::Group(g) => format!("g{g}"),
+        }
+    }
+}
+
+/// One page of a conversation, oldest first; `more`: older messages exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub messages: Vec<ChatMessage<'static>>,
+    pub more: bool,
+}
+
+/// A logged message read back from its columns.
+#[allow(clippy::too_many_arguments)]
+fn logged_message(
+    mid: Mid,
+    from: UserId,
+    name: String,
+    toid: Option<UserId>,
+    groupid: Option<GroupId>,
+    msg: String,
+    time: String,
+    ts: u64,
+    cid: Option<String>,
+) -> Option<ChatMessage<'static>> {
+    let to = match (toid, groupid) {
+        (Some(u), None) => Target::User(u),
+        (None, Some(g)) => Target::Group(g),
+        _ => return None, // a row edited by hand
+    };
+    let (name, msg, time, cid) = (name.into(), msg.into(), time.into(), cid.map(Into::into));
+    Some(ChatMessage { from, name, to, msg, time, ts, mid: Some(mid), cid })
+}
 
 /// Why the store could not answer. A request that meets one gets errno 10 and nothing was
 /// changed; the cause is kept for the log.
@@ -93,6 +192,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool>;
     /// Removes and returns a user's mailbox, oldest first, in one transaction.
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>>;
+    /// Appends messages to the log in one transaction (all or none), in order, each under a
+    /// fresh mid, unless its (sender, cid) was logged at or after `dedup_since` (ms) or earlier
+    /// in the batch: then `Dup` with that message's mid, and nothing is stored.
+    fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>>;
+    /// Removes a message from the log: it was refused after all (a full mailbox).
+    fn unlog(&self, mid: Mid) -> StoreResult<()>;
+    /// The newest `limit` messages of `conv` sorting before `before` (by ts, then mid), oldest
+    /// first; `None` when `before` is not a message of `conv`.
+    fn history(&self, conv: Conversation, before: Option<Mid>, limit: usize) -> StoreResult<Option<HistoryPage>>;
+    /// Deletes the logged messages received before `ts` (ms); returns how many.
+    fn prune_history(&self, ts: u64) -> StoreResult<u64>;
 }
 
 /// Opens the store named by `spec`: `sqlite:PATH`, `mysql://user:pass@host:port/db`, or
@@ -129,7 +239,9 @@ pub fn redacted(spec: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::Store;
+    use super::{Conversation, Logged, NewMessage, Store};
+    use crate::proto::message::Target;
+    use crate::{GroupId, UserId};
 
     /// What every store must do alike.
     pub(crate) fn roundtrip(s: &dyn Store) {
@@ -157,6 +269,57 @@ pub(crate) mod tests {
         assert!(s.store_offline(b, &["3"], None).unwrap());
         assert_eq!(s.take_offline(b).unwrap(), vec!["1", "2", "3"]);
         assert!(s.take_offline(b).unwrap().is_empty());
+        message_log(s, a, b, g);
+    }
+
+    fn message_log(s: &dyn Store, a: UserId, b: UserId, g: GroupId) {
+        let new = |from: UserId, to: Target, msg: &str, ts: u64, cid: Option<&str>| NewMessage {
+            from,
+            name: if from == a { "a" } else { "b" }.into(),
+            to,
+            msg: msg.to_owned(),
+            time: "t".to_owned(),
+            ts,
+            cid: cid.map(str::to_owned),
+        };
+        let batch = [
+            new(a, Target::User(b), "one", 10, Some("c1")),
+            new(b, Target::User(a), "two", 10, Some("c1")),
+            new(a, Target::User(b), "one again", 11, Some("c1")),
+            new(a, Target::Group(g), "to the group", 12, None),
+            new(a, Target::User(b), "three", 13, None),
+        ];
+        let all: Vec<&NewMessage> = batch.iter().collect();
+        let logged = s.log_messages(&all, 0).unwrap();
+        let Logged::Fresh(m1) = logged[0] else { panic!("{logged:?}") };
+        assert!(matches!(logged[1], Logged::Fresh(m) if m > m1), "cids are per sender");
+        assert_eq!(logged[2], Logged::Dup(m1), "a cid seen earlier in the batch");
+        assert_eq!(s.log_messages(&all[..1], 5).unwrap(), vec![Logged::Dup(m1)], "seen in the window");
+        let late = NewMessage { ts: 20, ..batch[0].clone() };
+        let again = s.log_messages(&[&late], 11).unwrap();
+        assert!(matches!(again[0], Logged::Fresh(m) if m > m1), "older than the window: accepted again");
+        let Logged::Fresh(m3) = logged[4] else { panic!() };
+
+        let pair = Conversation::of(b, Target::User(a));
+        let page = s.history(pair, None, 2).unwrap().unwrap();
+        let texts: Vec<&str> = page.messages.iter().map(|m| &*m.msg).collect();
+        assert_eq!(texts, ["three", "one"], "the newest two, oldest first (ts, then mid)");
+        assert!(page.more);
+        assert_eq!(page.messages[0].mid, Some(m3));
+        assert_eq!(page.messages[1].cid.as_deref(), Some("c1"));
+        let older = s.history(pair, Some(m3), 10).unwrap().unwrap();
+        let texts: Vec<&str> = older.messages.iter().map(|m| &*m.msg).collect();
+        assert_eq!(texts, ["one", "two"]);
+        assert!(!older.more);
+        let group = s.history(Conversation::Group(g), None, 10).unwrap().unwrap();
+        assert_eq!(group.messages.len(), 1);
+        assert_eq!((group.messages[0].to, &*group.messages[0].name), (Target::Group(g), "a"));
+        assert_eq!(s.history(Conversation::Group(g), Some(m3), 10).unwrap(), None, "not of this conversation");
+
+        s.unlog(m3).unwrap();
+        assert_eq!(s.history(pair, None, 10).unwrap().unwrap().messages.len(), 3);
+        assert_eq!(s.prune_history(11).unwrap(), 2, "the two at ts 10");
+        assert_eq!(s.history(pair, None, 10).unwrap().unwrap().messages.len(), 1);
     }
 
     #[test]

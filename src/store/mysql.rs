@@ -6,7 +6,15 @@ use std::time::Duration;
 use mysql::prelude::{FromRow, Queryable};
 use mysql::{params::Params, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts};
 
-use super::{GroupRecord, MemberRecord, Store, StoreError, StoreResult, UserRecord};
+use std::collections::HashMap;
+
+use mysql::Value;
+
+use super::{
+    logged_message, Conversation, GroupRecord, HistoryPage, Logged, MemberRecord, Mid, NewMessage, Store, StoreError,
+    StoreResult, UserRecord,
+};
+use crate::proto::message::Target;
 use crate::{GroupId, UserId};
 
 const SCHEMA: &str = include_str!("../../schema.sql");
@@ -224,4 +232,134 @@ impl Store for MysqlStore {
             Ok(rows.into_iter().map(|(_, m)| m).collect())
         })
     }
+
+    fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
+        let logged = self.transaction(|tx| {
+            // Earlier messages under the batch's cids, in one query per chunk.
+            let mut earlier: HashMap<(UserId, String), (Mid, u64)> = HashMap::new();
+            let keyed: Vec<(UserId, &str)> = batch.iter().filter_map(|m| Some((m.from, m.cid.as_deref()?))).collect();
+            for chunk in keyed.chunks(MAX_ROWS) {
+                let sql = format!(
+                    "SELECT sender, cid, mid, ts FROM Message WHERE (sender, cid) IN ({})",
+                    vec!["(?, ?)"; chunk.len()].join(", ")
+                );
+                let params: Vec<Value> = chunk.iter().flat_map(|&(u, c)| [u.into(), c.into()]).collect();
+                let rows: Vec<(UserId, String, Mid, u64)> = tx.exec(sql, params)?;
+                earlier.extend(rows.into_iter().map(|(u, c, mid, ts)| ((u, c), (mid, ts))));
+            }
+            let fresh = batch.iter().filter(|m| !is_dup(m, &earlier, dedup_since)).count();
+            // Mids for the batch, reserved under the counter's row lock.
+            tx.exec_drop("UPDATE MessageSeq SET next = LAST_INSERT_ID(next + ?) WHERE id = 1", (fresh,))?;
+            if tx.affected_rows() != 1 && fresh > 0 {
+                return Ok(None); // the counter row is gone (edited by hand)
+            }
+            let end: u64 = tx.exec_first("SELECT LAST_INSERT_ID()", ())?.unwrap_or(0);
+            let mut next = end.saturating_sub(fresh as u64);
+            let (mut out, mut rows, mut forget) = (Vec::with_capacity(batch.len()), Vec::new(), Vec::new());
+            let mut seen: HashMap<(UserId, &str), Mid> = HashMap::new();
+            for &m in batch {
+                if let Some(cid) = m.cid.as_deref() {
+                    if let Some(&mid) = seen.get(&(m.from, cid)) {
+                        out.push(Logged::Dup(mid));
+                        continue;
+                    }
+                    match earlier.get(&(m.from, cid.to_owned())) {
+                        Some(&(mid, ts)) if ts >= dedup_since => {
+                            out.push(Logged::Dup(mid));
+                            continue;
+                        }
+                        Some(&(mid, _)) => forget.push(mid),
+                        None => {}
+                    }
+                    seen.insert((m.from, cid), next);
+                }
+                rows.push((next, m));
+                out.push(Logged::Fresh(next));
+                next += 1;
+            }
+            for chunk in forget.chunks(MAX_ROWS) {
+                let sql = format!("UPDATE Message SET cid = NULL WHERE mid IN ({})", vec!["?"; chunk.len()].join(", "));
+                tx.exec_drop(sql, chunk.to_vec())?;
+            }
+            for chunk in rows.chunks(MAX_ROWS) {
+                let sql = format!(
+                    "INSERT INTO Message (mid, conv, sender, name, toid, groupid, msg, sendtime, ts, cid) VALUES {}",
+                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+                );
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
+                for &(mid, m) in chunk {
+                    let m: &NewMessage = m;
+                    let (toid, groupid) = match m.to {
+                        Target::User(u) => (Some(u), None),
+                        Target::Group(g) => (None, Some(g)),
+                    };
+                    params.extend([
+                        mid.into(),
+                        Conversation::of(m.from, m.to).key().into(),
+                        m.from.into(),
+                        (*m.name).into(),
+                        toid.into(),
+                        groupid.into(),
+                        m.msg.as_str().into(),
+                        m.time.as_str().into(),
+                        m.ts.into(),
+                        m.cid.as_deref().into(),
+                    ]);
+                }
+                tx.exec_drop(sql, params)?;
+            }
+            Ok(Some(out))
+        })?;
+        logged.ok_or(StoreError::OutOfRange("the MessageSeq row is missing"))
+    }
+
+    fn unlog(&self, mid: Mid) -> StoreResult<()> {
+        Ok(self.conn()?.exec_drop("DELETE FROM Message WHERE mid = ?", (mid,))?)
+    }
+
+    fn history(&self, conv: Conversation, before: Option<Mid>, limit: usize) -> StoreResult<Option<HistoryPage>> {
+        let key = conv.key();
+        let mut conn = self.conn()?;
+        let bound = match before {
+            None => (u64::MAX, Mid::MAX),
+            Some(mid) => {
+                let ts: Option<u64> =
+                    conn.exec_first("SELECT ts FROM Message WHERE mid = ? AND conv = ?", (mid, &key))?;
+                match ts {
+                    Some(ts) => (ts, mid),
+                    None => return Ok(None),
+                }
+            }
+        };
+        type Row = (Mid, UserId, String, Option<UserId>, Option<GroupId>, String, String, u64, Option<String>);
+        let rows: Vec<Row> = conn.exec(
+            "SELECT mid, sender, name, toid, groupid, msg, sendtime, ts, cid FROM Message
+             WHERE conv = ? AND (ts < ? OR (ts = ? AND mid < ?)) ORDER BY ts DESC, mid DESC LIMIT ?",
+            (&key, bound.0, bound.0, bound.1, limit as u64 + 1),
+        )?;
+        let mut messages: Vec<_> = rows
+            .into_iter()
+            .filter_map(|(mid, from, name, toid, groupid, msg, time, ts, cid)| {
+                logged_message(mid, from, name, toid, groupid, msg, time, ts, cid)
+            })
+            .collect();
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        messages.reverse();
+        Ok(Some(HistoryPage { messages, more }))
+    }
+
+    fn prune_history(&self, ts: u64) -> StoreResult<u64> {
+        let mut conn = self.conn()?;
+        conn.exec_drop("DELETE FROM Message WHERE ts < ?", (ts,))?;
+        Ok(conn.affected_rows())
+    }
+}
+
+/// Rows per multi-row statement: well under the 65,535 placeholders a statement may have.
+const MAX_ROWS: usize = 500;
+
+fn is_dup(m: &NewMessage, earlier: &HashMap<(UserId, String), (Mid, u64)>, dedup_since: u64) -> bool {
+    // Duplicates inside the batch are found later; counting them as fresh only wastes a mid.
+    m.cid.as_ref().is_some_and(|cid| earlier.get(&(m.from, cid.clone())).is_some_and(|&(_, ts)| ts >= dedup_since))
 }

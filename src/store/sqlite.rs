@@ -7,7 +7,13 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{GroupRecord, MemberRecord, Store, StoreError, StoreResult, UserRecord};
+use std::collections::HashMap;
+
+use super::{
+    logged_message, Conversation, GroupRecord, HistoryPage, Logged, MemberRecord, Mid, NewMessage, Store, StoreError,
+    StoreResult, UserRecord,
+};
+use crate::proto::message::Target;
 use crate::{GroupId, UserId};
 
 const SCHEMA: &str = include_str!("sqlite_schema.sql");
@@ -32,7 +38,9 @@ impl SqliteStore {
             let conn = Connection::open(path)
                 .map_err(|e| StoreError::Open { spec: path.display().to_string(), source: Box::new(e.into()) })?;
             conn.busy_timeout(Duration::from_secs(5))?;
-            // WAL lets readers run beside the writer; NORMAL still survives a process crash.
+            // WAL lets readers run beside the writer. NORMAL syncs at checkpoints, not at every
+            // commit: a committed message survives a crash of the process (kill -9), not the
+            // loss of power or of the machine (that takes FULL, an fsync per batch).
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "OFF")?;
@@ -208,6 +216,115 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok(msgs)
         })
+    }
+
+    fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(batch.len());
+            let mut next: i64 = tx.query_row("SELECT next FROM MessageSeq WHERE id = 1", [], |r| r.get(0))?;
+            {
+                let mut seen = HashMap::new();
+                let mut find = tx.prepare_cached("SELECT mid, ts FROM Message WHERE sender = ?1 AND cid = ?2")?;
+                let mut forget = tx.prepare_cached("UPDATE Message SET cid = NULL WHERE mid = ?1")?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO Message (mid, conv, sender, name, toid, groupid, msg, sendtime, ts, cid)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for &m in batch {
+                    if let Some(cid) = &m.cid {
+                        if let Some(&mid) = seen.get(&(m.from, cid.as_str())) {
+                            out.push(Logged::Dup(mid));
+                            continue;
+                        }
+                        let earlier: Option<(i64, i64)> =
+                            find.query_row(params![m.from, cid], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                        match earlier {
+                            Some((mid, ts)) if ts >= dedup_since as i64 => {
+                                out.push(Logged::Dup(mid as Mid));
+                                continue;
+                            }
+                            Some((mid, _)) => drop(forget.execute([mid])?),
+                            None => {}
+                        }
+                        seen.insert((m.from, cid.as_str()), next as Mid);
+                    }
+                    let (toid, groupid) = match m.to {
+                        Target::User(u) => (Some(u), None),
+                        Target::Group(g) => (None, Some(g)),
+                    };
+                    let conv = Conversation::of(m.from, m.to).key();
+                    insert.execute(params![
+                        next,
+                        conv,
+                        m.from,
+                        &*m.name,
+                        toid,
+                        groupid,
+                        m.msg,
+                        m.time,
+                        m.ts as i64,
+                        m.cid
+                    ])?;
+                    out.push(Logged::Fresh(next as Mid));
+                    next += 1;
+                }
+            }
+            tx.execute("UPDATE MessageSeq SET next = ?1 WHERE id = 1", [next])?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn unlog(&self, mid: Mid) -> StoreResult<()> {
+        self.with(|c| c.execute("DELETE FROM Message WHERE mid = ?1", [mid as i64]).map(drop))
+    }
+
+    fn history(&self, conv: Conversation, before: Option<Mid>, limit: usize) -> StoreResult<Option<HistoryPage>> {
+        self.with(|c| {
+            let key = conv.key();
+            let tx = c.transaction()?;
+            let bound = match before {
+                None => (i64::MAX, i64::MAX),
+                Some(mid) => {
+                    let ts: Option<i64> = tx
+                        .prepare_cached("SELECT ts FROM Message WHERE mid = ?1 AND conv = ?2")?
+                        .query_row(params![mid as i64, key], |r| r.get(0))
+                        .optional()?;
+                    match ts {
+                        Some(ts) => (ts, mid as i64),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let mut st = tx.prepare_cached(
+                "SELECT mid, sender, name, toid, groupid, msg, sendtime, ts, cid FROM Message
+                 WHERE conv = ?1 AND (ts < ?2 OR (ts = ?2 AND mid < ?3))
+                 ORDER BY ts DESC, mid DESC LIMIT ?4",
+            )?;
+            let rows = st.query_map(params![key, bound.0, bound.1, limit as i64 + 1], |r| {
+                Ok(logged_message(
+                    r.get::<_, i64>(0)? as Mid,
+                    id_of(r.get(1)?)?,
+                    r.get(2)?,
+                    r.get::<_, Option<i64>>(3)?.map(id_of).transpose()?,
+                    r.get::<_, Option<i64>>(4)?.map(id_of).transpose()?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get::<_, i64>(7)? as u64,
+                    r.get(8)?,
+                ))
+            })?;
+            let mut messages: Vec<_> = rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter().flatten().collect();
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            messages.reverse();
+            Ok(Some(HistoryPage { messages, more }))
+        })
+    }
+
+    fn prune_history(&self, ts: u64) -> StoreResult<u64> {
+        self.with(|c| c.execute("DELETE FROM Message WHERE ts < ?1", [ts as i64]).map(|n| n as u64))
     }
 }
 

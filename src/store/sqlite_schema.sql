@@ -28,3 +28,24 @@ CREATE TABLE IF NOT EXISTS OfflineMessage (
     message TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS OfflineMessage_userid ON OfflineMessage (userid, id);
+-- The message log: every accepted chat message once, under its mid (see schema.sql).
+CREATE TABLE IF NOT EXISTS Message (
+    mid      INTEGER PRIMARY KEY,
+    conv     TEXT    NOT NULL,
+    sender   INTEGER NOT NULL,
+    name     TEXT    NOT NULL,
+    toid     INTEGER,
+    groupid  INTEGER,
+    msg      TEXT    NOT NULL,
+    sendtime TEXT    NOT NULL,
+    ts       INTEGER NOT NULL,
+    cid      TEXT
+);
+CREATE INDEX IF NOT EXISTS Message_conv ON Message (conv, ts, mid);
+CREATE UNIQUE INDEX IF NOT EXISTS Message_cid ON Message (sender, cid);
+CREATE INDEX IF NOT EXISTS Message_ts ON Message (ts);
+CREATE TABLE IF NOT EXISTS MessageSeq (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    next INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO MessageSeq (id, next) VALUES (1, 1);

@@ -263,8 +263,10 @@ impl Client {
 
     /// Sends a one-to-one chat with a `seq` and waits for its ack.
     pub fn chat_acked(&mut self, me: u32, to: u32, msg: &str, seq: u64) {
-        let ack = self.request(json!({"msgid":6,"id":me,"toid":to,"msg":msg,"time":"t","seq":seq}));
+        let mut ack = self.request(json!({"msgid":6,"id":me,"toid":to,"msg":msg,"time":"t","seq":seq}));
+        let mid = ack.as_object_mut().and_then(|a| a.remove("mid"));
         assert_eq!(ack, json!({"msgid":11,"req":6,"seq":seq,"errno":0}));
+        assert!(mid.and_then(|m| m.as_u64()).is_some_and(|m| m > 0), "the ack carries the message's mid");
     }
 }
 
