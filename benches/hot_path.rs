@@ -69,8 +69,14 @@ fn login_ack(c: &mut Criterion) {
         b.iter(|| {
             let groups: Vec<String> =
                 (1..=20).map(|g| reply::group_entry(g, &format!("group{g}"), "a group", &members)).collect();
-            let data =
-                LoginData { id: 1, name: Arc::from("alice"), friends: friends.clone(), groups, offline: Vec::new() };
+            let data = LoginData {
+                id: 1,
+                name: Arc::from("alice"),
+                friends: friends.clone(),
+                groups,
+                offline: Vec::new(),
+                acks: false,
+            };
             reply::login_ok(black_box(&data), None)
         })
     });

@@ -29,6 +29,8 @@ pub struct Config {
     pub clock: Clock,
     /// Days of history kept in the message log; 0 keeps everything.
     pub history_days: u32,
+    /// Most unacknowledged deliveries of an acks session.
+    pub window: usize,
 }
 
 /// Argon2id cost parameters.
@@ -73,6 +75,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_millis(700),
             clock: Clock::System,
             history_days: 30,
+            window: 1000,
         }
     }
 }

@@ -177,12 +177,19 @@ fn bytes_on_the_wire_follow_the_protocol() {
     let chat = read();
     let time = chat["time"].as_str().unwrap().to_owned();
     assert_eq!(time.len(), "2026-01-01 10:00:00".len());
-    assert_eq!(chat, json!({"msgid":6,"id":5,"name":"carol","toid":7,"msg":"hi","time":time,"seq":1}));
+    // Each message carries its own cid (a canonical server ignores the extra key).
+    let cid = chat["cid"].as_str().unwrap().to_owned();
+    assert!((1..=64).contains(&cid.len()), "{cid:?}");
+    assert_eq!(chat, json!({"msgid":6,"id":5,"name":"carol","toid":7,"msg":"hi","time":time,"seq":1,"cid":cid}));
     assert_eq!(read(), json!({"msgid":7,"id":5,"friendid":7,"seq":2}));
     assert_eq!(read(), json!({"msgid":8,"id":5,"groupname":"g","groupdesc":"d","seq":3}));
     assert_eq!(read(), json!({"msgid":9,"id":5,"groupid":3,"seq":4}));
     let g = read();
-    assert_eq!(g, json!({"msgid":10,"id":5,"name":"carol","groupid":3,"msg":"yo","time":g["time"],"seq":5}));
+    assert_ne!(g["cid"], json!(cid), "a cid is never reused");
+    assert_eq!(
+        g,
+        json!({"msgid":10,"id":5,"name":"carol","groupid":3,"msg":"yo","time":g["time"],"seq":5,"cid":g["cid"]})
+    );
     assert_eq!(read(), json!({"msgid":3,"id":5,"seq":6}));
     // No acks come from a canonical server: the client waits briefly, then goes on.
     assert_eq!(c.expect("loggedout"), ["loggedout"]);

@@ -167,7 +167,7 @@ impl ChatLink {
     pub fn sign_up(&mut self, name: &str, password: &str) -> io::Result<u32> {
         let register = Request::Register { name: name.to_owned(), password: password.to_owned() };
         let id = self.request(&register, None)?.id.ok_or_else(|| err("register: no id"))?;
-        self.request(&Request::Login { id, password: password.to_owned() }, None)?;
+        self.request(&Request::Login { id, password: password.to_owned(), acks: false }, None)?;
         Ok(id)
     }
 

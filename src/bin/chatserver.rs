@@ -51,6 +51,10 @@ struct Args {
     /// Argon2id passes.
     #[arg(long, env = "CHAT_HASH_ITERATIONS", default_value_t = HashCost::default().iterations)]
     hash_iterations: u32,
+    /// Most unacknowledged deliveries of a session that logged in with acks; the rest wait,
+    /// stored, until acknowledgements open the window.
+    #[arg(long, env = "CHAT_WINDOW", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    window: u32,
     /// Days of history kept (msgid 14); older messages are deleted hourly. 0 keeps everything.
     #[arg(long, env = "CHAT_HISTORY_DAYS", default_value_t = 30)]
     history_days: u32,
@@ -88,6 +92,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         hash: HashCost { memory_kib: args.hash_memory_kib, iterations: args.hash_iterations },
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         history_days: args.history_days,
+        window: args.window as usize,
         ..defaults
     };
     let store = chat::store::open(&args.store, config.store_connections()).context("--store")?;

@@ -5,11 +5,34 @@ use crate::{GroupId, UserId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help,
-    Chat { to: UserId, msg: String },
-    AddFriend { id: UserId },
-    CreateGroup { name: String, desc: String },
-    AddGroup { id: GroupId },
-    GroupChat { id: GroupId, msg: String },
+    Chat {
+        to: UserId,
+        msg: String,
+    },
+    AddFriend {
+        id: UserId,
+    },
+    CreateGroup {
+        name: String,
+        desc: String,
+    },
+    AddGroup {
+        id: GroupId,
+    },
+    GroupChat {
+        id: GroupId,
+        msg: String,
+    },
+    /// The newest `limit` messages with a user.
+    History {
+        peer: UserId,
+        limit: usize,
+    },
+    /// The newest `limit` messages of a group.
+    GroupHistory {
+        id: GroupId,
+        limit: usize,
+    },
     Loginout,
     Quit,
 }
@@ -21,6 +44,8 @@ addfriend:friendid                 add a friend
 creategroup:groupname:groupdesc    create a group
 addgroup:groupid                   join a group
 groupchat:groupid:message          send a message to a group
+history:userid[:count]             show the last messages with a user (default 20)
+ghistory:groupid[:count]           show the last messages of a group (default 20)
 loginout                           log out
 quit                               leave";
 
@@ -62,6 +87,21 @@ pub fn parse(line: &str) -> Result<Command, String> {
             }
             _ => usage("groupchat:groupid:message"),
         },
+        ("history" | "ghistory", Some(rest)) => {
+            let (target, limit) = match rest.split_once(':') {
+                Some((t, n)) => match n.trim().parse::<usize>() {
+                    Ok(n) if (1..=200).contains(&n) => (t, n),
+                    _ => return Err(format!("count must be 1 to 200, not {n:?}")),
+                },
+                None => (rest, 20),
+            };
+            match name {
+                "history" => Ok(Command::History { peer: id(target, "userid")?, limit }),
+                _ => Ok(Command::GroupHistory { id: id(target, "groupid")?, limit }),
+            }
+        }
+        ("history", None) => usage("history:userid[:count]"),
+        ("ghistory", None) => usage("ghistory:groupid[:count]"),
         ("chat", None) => usage("chat:friendid:message"),
         ("addfriend", None) => usage("addfriend:friendid"),
         ("creategroup", None) => usage("creategroup:groupname:groupdesc"),
@@ -98,5 +138,12 @@ mod tests {
         assert!(parse("creategroup::d").is_err());
         assert!(parse("dance").unwrap_err().contains("unknown command"));
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn history_commands() {
+        assert_eq!(parse("history:2"), Ok(Command::History { peer: 2, limit: 20 }));
+        assert_eq!(parse("ghistory:3:5"), Ok(Command::GroupHistory { id: 3, limit: 5 }));
+        assert!(parse("history:2:0").is_err() && parse("history:x").is_err() && parse("ghistory").is_err());
     }
 }

@@ -8,7 +8,7 @@
 pub mod command;
 pub mod view;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,12 +20,13 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::proto::codec::{Decoded, Decoder};
+use crate::proto::message::Target;
 use crate::proto::reply::{self, Answer, Reply};
 use crate::proto::time::{format_utc, now_ms};
 use crate::proto::Request;
 use crate::UserId;
 use command::Command;
-pub use view::{Style, View};
+pub use view::{Seen, Style, View};
 
 /// Where typed lines come from: a terminal with line editing, or a script on stdin.
 pub trait Input {
@@ -60,7 +61,32 @@ struct Shared {
     view: View,
     /// Commands sent with a `seq`, waiting for their outcome.
     pending: Mutex<HashMap<u64, &'static str>>,
+    seen: Mutex<SeenMids>,
     quitting: AtomicBool,
+}
+
+/// The mids of the latest messages shown, to drop redeliveries.
+#[derive(Default)]
+struct SeenMids {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl SeenMids {
+    const KEEP: usize = 10_000;
+
+    fn first_time(&mut self, mid: u64) -> bool {
+        if !self.set.insert(mid) {
+            return false;
+        }
+        self.order.push_back(mid);
+        if self.order.len() > Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 /// Connects to `addr` and runs the menu until the user quits or input ends. `on_disconnect` runs
@@ -79,12 +105,14 @@ pub fn run(
         out,
         view: View { style },
         pending: Mutex::new(HashMap::new()),
+        seen: Mutex::new(SeenMids::default()),
         quitting: AtomicBool::new(false),
     });
     let (tx, replies) = crossbeam_channel::unbounded();
     let for_reader = shared.clone();
     std::thread::spawn(move || read_loop(reader, for_reader, tx, on_disconnect));
-    let mut session = Session { stream, shared, replies, next_seq: 1 };
+    let cid_prefix = format!("{:x}-{:x}", now_ms(), std::process::id());
+    let mut session = Session { stream, shared, replies, next_seq: 1, cid_prefix, next_cid: 1 };
     let result = session.menu(input);
     session.shared.quitting.store(true, Ordering::Release);
     let _ = session.stream.shutdown(Shutdown::Both);
@@ -136,8 +164,16 @@ impl Shared {
             Reply::Login { .. } | Reply::Register(_) => {
                 let _ = replies.send(reply);
             }
-            Reply::Chat(m) => self.out.print(&self.view.message(&m, true)),
+            Reply::Chat(m) => {
+                // A message shown already (a redelivery after a reconnect) is shown once.
+                if m.mid.map_or(true, |mid| self.seen.lock().first_time(mid)) {
+                    self.out.print(&self.view.message(&m, Seen::Live));
+                }
+            }
             Reply::Ack(ack) => {
+                for m in &ack.messages {
+                    self.out.print(&self.view.message(m, Seen::History));
+                }
                 let seq = ack.seq.as_ref().and_then(Value::as_u64);
                 match seq.and_then(|seq| self.pending.lock().remove(&seq)) {
                     Some(what) => self.out.print(&self.view.outcome(&opt(seq), what, &ack)),
@@ -158,6 +194,9 @@ struct Session {
     shared: Arc<Shared>,
     replies: Receiver<Reply>,
     next_seq: u64,
+    /// This run's prefix of `cid`s: the server drops a resent message with a `cid` it took.
+    cid_prefix: String,
+    next_cid: u64,
 }
 
 enum After {
@@ -168,6 +207,12 @@ enum After {
 impl Session {
     fn print(&self, line: &str) {
         self.shared.out.print(line);
+    }
+
+    /// A `cid` unique among this user's messages (a run's start time, process and counter).
+    fn cid(&mut self) -> String {
+        self.next_cid += 1;
+        format!("{}-{}", self.cid_prefix, self.next_cid - 1)
     }
 
     fn human(&self) -> bool {
@@ -212,7 +257,7 @@ impl Session {
                         continue;
                     };
                     let Some(password) = input.secret("password: ") else { return Ok(()) };
-                    self.send(Request::Login { id, password }.to_json(), None)?;
+                    self.send(Request::Login { id, password, acks: false }.to_json(), None)?;
                     let welcome = match self.reply()? {
                         Some(Reply::Login { welcome: Some(w), .. }) => w,
                         Some(Reply::Login { answer, welcome: None }) => {
@@ -279,7 +324,8 @@ impl Session {
                 }
                 Ok(Command::Chat { to, msg }) => {
                     let mut chat =
-                        Request::OneChat { id: Some(me), toid: to, msg, time: Some(time()), cid: None }.to_json();
+                        Request::OneChat { id: Some(me), toid: to, msg, time: Some(time()), cid: Some(self.cid()) }
+                            .to_json();
                     chat["name"] = name.into(); // as canonical clients do
                     (chat, "chat")
                 }
@@ -290,9 +336,23 @@ impl Session {
                     (Request::CreateGroup { id: Some(me), name: g, desc }.to_json(), "creategroup")
                 }
                 Ok(Command::AddGroup { id }) => (Request::AddGroup { id: Some(me), groupid: id }.to_json(), "addgroup"),
+                Ok(Command::History { peer, limit }) => {
+                    let q = Request::History { id: Some(me), with: Target::User(peer), before: None, limit };
+                    (q.to_json(), "history")
+                }
+                Ok(Command::GroupHistory { id, limit }) => {
+                    let q = Request::History { id: Some(me), with: Target::Group(id), before: None, limit };
+                    (q.to_json(), "ghistory")
+                }
                 Ok(Command::GroupChat { id, msg }) => {
-                    let mut chat =
-                        Request::GroupChat { id: Some(me), groupid: id, msg, time: Some(time()), cid: None }.to_json();
+                    let mut chat = Request::GroupChat {
+                        id: Some(me),
+                        groupid: id,
+                        msg,
+                        time: Some(time()),
+                        cid: Some(self.cid()),
+                    }
+                    .to_json();
                     chat["name"] = name.into();
                     (chat, "groupchat")
                 }

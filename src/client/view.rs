@@ -9,12 +9,21 @@
 //! member      GID ID  NAME  STATE  ROLE
 //! chat        FROM NAME TIME MSG       groupchat  GID FROM NAME TIME MSG
 //! offline-chat …  offline-groupchat …  (same fields, from the login ack)
+//! history …  ghistory …  (same fields, one line per message of a history page, oldest first)
 //! ok          SEQ COMMAND [GROUPID]    error  SEQ COMMAND ERRNO ERRMSG
 //! usage       HINT                     loggedout    disconnected
 //! ```
 
 use crate::proto::message::{ChatMessage, Target};
 use crate::proto::reply::{Answer, Welcome};
+
+/// Where a shown message comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Live,
+    Offline,
+    History,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -75,7 +84,7 @@ impl View {
                 }
                 if !w.offline.is_empty() {
                     out.push(format!("While you were away ({}):", w.offline.len()));
-                    out.extend(w.offline.iter().map(|m| format!("  {}", self.message(m, false))));
+                    out.extend(w.offline.iter().map(|m| format!("  {}", self.message(m, Seen::Offline))));
                 }
                 out.push("Type help for the commands.".to_owned());
             }
@@ -91,24 +100,33 @@ impl View {
                         out.push(line(&["member", &gid, &m.id.to_string(), &m.name, &m.state, &m.role]));
                     }
                 }
-                out.extend(w.offline.iter().map(|m| self.message(m, false)));
+                out.extend(w.offline.iter().map(|m| self.message(m, Seen::Offline)));
             }
         }
         out
     }
 
-    /// A chat message (msgid 6 or 10), delivered live or from the offline store.
-    pub fn message(&self, m: &ChatMessage<'_>, live: bool) -> String {
+    /// A chat message (msgid 6 or 10): delivered live, from the offline store, or a history
+    /// entry.
+    pub fn message(&self, m: &ChatMessage<'_>, from_where: Seen) -> String {
         let (from, name, time, msg) = (m.from.to_string(), &*m.name, &*m.time, &*m.msg);
         match (self.style, m.to) {
             (Style::Human, Target::Group(g)) => format!("[{time}] group #{g} | {name} ({from}): {msg}"),
             (Style::Human, Target::User(_)) => format!("[{time}] {name} ({from}): {msg}"),
             (Style::Script, Target::Group(g)) => {
-                let kind = if live { "groupchat" } else { "offline-groupchat" };
+                let kind = match from_where {
+                    Seen::Live => "groupchat",
+                    Seen::Offline => "offline-groupchat",
+                    Seen::History => "ghistory",
+                };
                 line(&[kind, &g.to_string(), &from, name, time, msg])
             }
             (Style::Script, Target::User(_)) => {
-                let kind = if live { "chat" } else { "offline-chat" };
+                let kind = match from_where {
+                    Seen::Live => "chat",
+                    Seen::Offline => "offline-chat",
+                    Seen::History => "history",
+                };
                 line(&[kind, &from, name, time, msg])
             }
         }
@@ -155,7 +173,7 @@ mod tests {
         else {
             panic!("a chat message")
         };
-        assert_eq!(v.message(&m, true), "chat\t2\tbob\tt\ta\\tb\\nc");
+        assert_eq!(v.message(&m, Seen::Live), "chat\t2\tbob\tt\ta\\tb\\nc");
         let ack = br#"{"msgid":2,"errno":0,"id":1,"name":"alice","friends":["{\"id\":2,\"name\":\"bob\",\"state\":\"online\"}"],
             "groups":["{\"id\":1,\"groupname\":\"g\",\"groupdesc\":\"d\",\"users\":[\"{\\\"id\\\":1,\\\"name\\\":\\\"alice\\\",\\\"state\\\":\\\"online\\\",\\\"role\\\":\\\"creator\\\"}\"]}"]}"#;
         let Some(Reply::Login { welcome: Some(w), .. }) = decode(ack) else { panic!("a login ack") };

@@ -113,6 +113,8 @@ struct LoginOk<'a> {
     errno: u8,
     id: UserId,
     name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acks: Option<bool>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     friends: &'a [String],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -131,6 +133,8 @@ pub struct LoginData {
     pub friends: Vec<String>,
     pub groups: Vec<String>,
     pub offline: Vec<String>,
+    /// An acks session: what waits is sent after the ack, not in it.
+    pub acks: bool,
 }
 
 pub fn login_ok(data: &LoginData, seq: Option<&Value>) -> Vec<u8> {
@@ -139,6 +143,7 @@ pub fn login_ok(data: &LoginData, seq: Option<&Value>) -> Vec<u8> {
         errno: 0,
         id: data.id,
         name: &data.name,
+        acks: data.acks.then_some(true),
         friends: &data.friends,
         groups: &data.groups,
         offlinemsg: &data.offline,
@@ -235,6 +240,14 @@ pub struct Answer {
     pub errmsg: String,
     pub id: Option<UserId>,
     pub groupid: Option<GroupId>,
+    /// A chat's mid.
+    pub mid: Option<u64>,
+    /// A chat's `cid` had been accepted before.
+    pub dup: bool,
+    /// A history page, oldest first.
+    pub messages: Vec<ChatMessage<'static>>,
+    /// Older messages exist.
+    pub more: bool,
 }
 
 impl Answer {
@@ -274,6 +287,12 @@ pub fn decode(frame: &[u8]) -> Option<Reply> {
         errmsg: object.get("errmsg").and_then(Value::as_str).unwrap_or_default().to_owned(),
         id: id("id"),
         groupid: id("groupid"),
+        mid: object.get("mid").and_then(Value::as_u64),
+        dup: object.get("dup") == Some(&Value::Bool(true)),
+        messages: object.get("messages").and_then(Value::as_array).map_or_else(Vec::new, |list| {
+            list.iter().filter_map(|m| ChatMessage::decode(&m.to_string()).map(ChatMessage::into_owned)).collect()
+        }),
+        more: object.get("more") == Some(&Value::Bool(true)),
     };
     let code = object.get("msgid").and_then(Value::as_u64);
     Some(match code.and_then(MsgId::from_code) {

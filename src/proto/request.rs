@@ -32,6 +32,8 @@ pub enum MsgId {
     AddGroup = 9,
     GroupChat = 10,
     Ack = 11,
+    /// The client acknowledges deliveries (version 2, acks sessions).
+    Acknowledge = 12,
     History = 14,
 }
 
@@ -47,6 +49,7 @@ impl MsgId {
             8 => MsgId::CreateGroup,
             9 => MsgId::AddGroup,
             10 => MsgId::GroupChat,
+            12 => MsgId::Acknowledge,
             14 => MsgId::History,
             _ => return None,
         })
@@ -96,6 +99,13 @@ pub enum Request {
     Login {
         id: UserId,
         password: String,
+        /// Acknowledged delivery for this session (version 2).
+        acks: bool,
+    },
+    /// Acknowledges delivered messages of an acks session (version 2).
+    Acknowledge {
+        id: Option<UserId>,
+        mids: Vec<u64>,
     },
     Logout {
         id: Option<UserId>,
@@ -148,6 +158,7 @@ impl Request {
         let mut put = |k: &str, v: Value| drop(m.insert(k.to_owned(), v));
         let msgid = match self {
             Request::Login { .. } => MsgId::Login,
+            Request::Acknowledge { .. } => MsgId::Acknowledge,
             Request::Logout { .. } => MsgId::Logout,
             Request::Register { .. } => MsgId::Register,
             Request::OneChat { .. } => MsgId::OneChat,
@@ -162,10 +173,14 @@ impl Request {
             put("id", id.into());
         }
         match self {
-            Request::Login { id, password } => {
+            Request::Login { id, password, acks } => {
                 put("id", (*id).into());
                 put("password", password.as_str().into());
+                if *acks {
+                    put("acks", true.into());
+                }
             }
+            Request::Acknowledge { mids, .. } => put("mids", mids.clone().into()),
             Request::Register { name, password } => {
                 put("name", name.as_str().into());
                 put("password", password.as_str().into());
@@ -213,7 +228,8 @@ impl Request {
             | Request::CreateGroup { id, .. }
             | Request::AddGroup { id, .. }
             | Request::GroupChat { id, .. }
-            | Request::History { id, .. } => id,
+            | Request::History { id, .. }
+            | Request::Acknowledge { id, .. } => id,
         }
     }
 }
@@ -251,6 +267,7 @@ pub const MAX_CID: usize = 64;
 /// The largest `mid`: 2^53 - 1, exact in every JSON implementation.
 pub const MAX_MID: u64 = (1 << 53) - 1;
 pub const MAX_HISTORY_LIMIT: usize = 200;
+pub const MAX_ACK_MIDS: usize = 1000;
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 
 /// A body field that is wrong: errno and text for the reply.
@@ -387,7 +404,13 @@ pub fn parse_envelope(value: Value) -> Result<Envelope, Rejection> {
 /// The second stage: the body of a request whose envelope was accepted.
 pub fn parse_body(msgid: MsgId, mut f: Map<String, Value>, limits: Limits) -> Result<Request, FieldError> {
     Ok(match msgid {
-        MsgId::Login => Request::Login { id: id(&f, "id")?, password: login_password(&mut f)? },
+        MsgId::Login => {
+            // `events` and `presence` are checked, not served yet.
+            flag(&f, "events")?;
+            flag(&f, "presence")?;
+            Request::Login { id: id(&f, "id")?, password: login_password(&mut f)?, acks: flag(&f, "acks")? }
+        }
+        MsgId::Acknowledge => Request::Acknowledge { id: opt_id(&f, "id")?, mids: mids(&f)? },
         MsgId::Register => Request::Register { name: user_name(&mut f)?, password: new_password(&mut f)? },
         MsgId::Logout => Request::Logout { id: opt_id(&f, "id")? },
         MsgId::OneChat => Request::OneChat {
@@ -499,6 +522,25 @@ fn time(f: &mut Map<String, Value>) -> Result<Option<String>, FieldError> {
     f.remove("time").map(|v| text(v, "time", 0, MAX_TIME)).transpose()
 }
 
+/// An optional boolean, false when absent.
+fn flag(f: &Map<String, Value>, key: &str) -> Result<bool, FieldError> {
+    match f.get(key) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad(format!("bad request: {key} must be true or false"))),
+    }
+}
+
+/// The mids of an acknowledgement: 1..=1000 of them.
+fn mids(f: &Map<String, Value>) -> Result<Vec<u64>, FieldError> {
+    let err = || bad(format!("bad request: mids must be a list of 1 to {MAX_ACK_MIDS} mids"));
+    let list = f.get("mids").and_then(Value::as_array).ok_or_else(err)?;
+    if !(1..=MAX_ACK_MIDS).contains(&list.len()) {
+        return Err(err());
+    }
+    list.iter().map(|m| m.as_u64().filter(|m| (1..=MAX_MID).contains(m)).ok_or_else(err)).collect()
+}
+
 fn cid(f: &mut Map<String, Value>) -> Result<Option<String>, FieldError> {
     f.remove("cid").map(|v| text(v, "cid", 1, MAX_CID)).transpose()
 }
@@ -543,7 +585,9 @@ mod tests {
     fn requests_round_trip() {
         let (msg, time) = ("hi \"there\"".to_owned(), Some("t".to_owned()));
         let requests = [
-            Request::Login { id: 1, password: "pw".into() },
+            Request::Login { id: 1, password: "pw".into(), acks: false },
+            Request::Login { id: 1, password: "pw".into(), acks: true },
+            Request::Acknowledge { id: None, mids: vec![3, 1, 2] },
             Request::Logout { id: Some(1) },
             Request::Logout { id: None },
             Request::Register { name: "alice".into(), password: "pw".into() },

@@ -10,17 +10,19 @@ use std::collections::HashMap;
 use std::mem;
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use super::message_log::{Accepted, LogHandle, LogResult};
-use super::session::{delivered, Out, Sent, SessionState, Sessions};
+use super::session::{delivered, AckState, Out, Sent, SessionState, Sessions};
 use super::{Delivery, Effect, Effects, Job, JobKind, Outcome, Outlet, Service, User};
 use crate::bus::{BusError, Routing};
 use crate::net::{Handler, Io, Loc, Router};
 use crate::pool::PoolHandle;
 use crate::proto::codec::FrameError;
-use crate::proto::message::Target;
+use crate::proto::message::{ChatMessage, Target};
 use crate::proto::request::{self, Parsed};
-use crate::proto::{reply, Errno};
-use crate::store::Logged;
+use crate::proto::{reply, Errno, MsgId};
+use crate::store::{Logged, Mid};
 use crate::UserId;
 
 /// What other threads send a chat reactor.
@@ -115,8 +117,12 @@ impl ChatHandler {
         }
         let job = self.fx.job.take();
         let ended = self.fx.ended.take();
+        let acked = self.fx.acked.take();
         if let Some(r) = unlogged {
             self.on_logged(io, vec![r]);
+        }
+        if let Some((seq, mids)) = acked {
+            self.on_acked(io, at, seq, mids);
         }
         self.apply_effects(io, at);
         if let Some(user) = ended {
@@ -254,7 +260,10 @@ impl ChatHandler {
     fn deliver(&mut self, io: &mut impl Io<Self>, d: Delivery) {
         match self.sessions.get_mut(d.to) {
             Some(s) if s.state.expects(d.user) => {
-                if s.job {
+                if s.acks.is_some() {
+                    // Stored first; the session reads it from its mailbox, in order.
+                    self.spill(vec![(d.user, d.msg)]);
+                } else if s.job {
                     s.held.push((d.user, d.msg));
                 } else if let Err(out) = io.send(d.to, Out::Chat(d.user, d.msg)) {
                     self.spill(messages_of(vec![out]));
@@ -270,10 +279,57 @@ impl ChatHandler {
             return; // the mailbox stays stored
         }
         match self.sessions.get_mut(to) {
-            Some(s) if s.state.expects(user) && s.job => s.drain_wanted = true,
-            Some(s) if s.state.expects(user) => self.submit(io, to, Job { seq: None, kind: JobKind::Drain { user } }),
+            Some(s) if s.state.expects(user) => {
+                if let Some(acks) = &mut s.acks {
+                    acks.more = true;
+                }
+                self.fetch_mailbox(io, to);
+            }
             _ => {}
         }
+    }
+
+    /// Has the session at `at` fetch its mailbox: all of it (a session without acks takes
+    /// it), or as much as its window lets through (acks: read, left in place). After the job
+    /// in flight, if there is one.
+    fn fetch_mailbox(&mut self, io: &mut impl Io<Self>, at: Loc) {
+        let Some(s) = self.sessions.get_mut(at) else { return };
+        if s.job {
+            s.drain_wanted = true;
+            return;
+        }
+        let Some(user) = s.state.live_id() else { return };
+        let kind = match &s.acks {
+            None => JobKind::Drain { user },
+            Some(acks) if !acks.more || acks.room() == 0 => return,
+            Some(acks) => JobKind::Peek { user, after: acks.cursor, limit: acks.room() },
+        };
+        self.submit(io, at, Job { seq: None, kind });
+    }
+
+    /// The client acknowledged deliveries (msgid 12): their mailbox rows go, the window opens.
+    /// With `seq`, the answer comes once the rows are deleted: the client then knows those
+    /// messages will not come again. Without acks, an acknowledgement changes nothing.
+    fn on_acked(&mut self, io: &mut impl Io<Self>, at: Loc, seq: Option<Value>, mids: Vec<Mid>) {
+        let Some(s) = self.sessions.get_mut(at) else { return };
+        let forget = match (s.state.live_id(), s.acks.as_mut()) {
+            (Some(user), Some(acks)) => {
+                Some((user, mids.iter().filter_map(|mid| acks.unacked.remove(mid)).collect::<Vec<u64>>()))
+            }
+            _ => None,
+        };
+        match (forget, seq) {
+            (Some((user, rows)), seq) if !rows.is_empty() => {
+                let job = Job { seq, kind: JobKind::Forget { user, rows } };
+                match job.seq {
+                    Some(_) => self.submit(io, at, job),
+                    None => self.submit_background(job),
+                }
+            }
+            (_, Some(seq)) => drop(io.send(at, Out::Reply(reply::ok(MsgId::Acknowledge, &seq, None)))),
+            (_, None) => {}
+        }
+        self.fetch_mailbox(io, at);
     }
 
     /// Results from the log, in the order their connections sent them.
@@ -349,6 +405,7 @@ impl ChatHandler {
                     self.end_session(io, at, data.id, mailbox, false);
                 }
                 Effect::Drained { user, msgs } => self.spill(msgs.into_iter().map(|m| (user, delivered(m))).collect()),
+                Effect::Peeked { .. } => {} // read, not taken: the rows are still in the mailbox
             }
             return;
         };
@@ -364,14 +421,22 @@ impl ChatHandler {
             queue(io, at, Out::Reply(bytes), &mut unsent);
         }
         let mut ended = None;
+        let mut forget = None;
         match outcome.effect {
             Effect::None => {}
             Effect::LoggedIn { data, seq } => {
                 log::debug!("conn {}.{}: user {} logged in", at.reactor, at.conn, data.id);
                 let bytes = reply::login_ok(&data, seq.as_ref());
-                let (id, name) = (data.id, data.name);
+                let (id, name, acks) = (data.id, data.name, data.acks);
                 match io.send(at, Out::LoginAck { user: id, bytes, offline: data.offline }) {
-                    Ok(()) => session.state = SessionState::Live(User { id, name }),
+                    Ok(()) => {
+                        session.state = SessionState::Live(User { id, name });
+                        if acks {
+                            // What waits follows the ack, as ordinary deliveries.
+                            session.acks = Some(AckState::new(self.service.window()));
+                            session.drain_wanted = true;
+                        }
+                    }
                     Err(out) => {
                         // The connection can no longer be written: the login never took, the
                         // mailbox it took is stored again.
@@ -390,11 +455,35 @@ impl ChatHandler {
                     }
                 }
             }
+            Effect::Peeked { user, rows, limit } => {
+                let live = session.state.live_id() == Some(user);
+                if let (true, Some(acks)) = (live, session.acks.as_mut()) {
+                    let full = rows.len() >= limit;
+                    let mut legacy = Vec::new();
+                    for (row, text) in rows {
+                        acks.cursor = acks.cursor.max(row);
+                        match ChatMessage::decode(&text).and_then(|m| m.mid) {
+                            Some(mid) => drop(acks.unacked.insert(mid, row)),
+                            None => legacy.push(row), // stored before mids: delivered once, as in v1
+                        }
+                        // Sent as a reply: it stays in the mailbox, nothing to store if unsent.
+                        let _ = io.send(at, Out::Reply(Vec::from(text + "\n")));
+                    }
+                    acks.more = full;
+                    session.drain_wanted |= full;
+                    if !legacy.is_empty() {
+                        forget = Some(Job { seq: None, kind: JobKind::Forget { user, rows: legacy } });
+                    }
+                }
+            }
         }
         let wanted = mem::take(&mut session.drain_wanted) && io.running();
         let drain = wanted.then(|| session.state.live_id()).flatten();
         // Deliveries that waited for this job now follow its answer, unless the mailbox is to be
         // fetched first: they were sent after what it holds, so they wait behind the drain too.
+        if session.acks.is_some() {
+            unsent.append(&mut session.held); // an acks session reads everything from its mailbox
+        }
         if drain.is_none() {
             for (user, msg) in mem::take(&mut session.held) {
                 match session.state.live_id() == Some(user) {
@@ -408,8 +497,11 @@ impl ChatHandler {
         }
         self.apply_effects(io, at);
         self.spill(unsent);
-        if let Some(user) = drain {
-            self.submit(io, at, Job { seq: None, kind: JobKind::Drain { user } });
+        if let Some(job) = forget {
+            self.submit_background(job);
+        }
+        if drain.is_some() {
+            self.fetch_mailbox(io, at);
         }
         self.advance(io, at);
     }

@@ -46,9 +46,9 @@ impl Service {
                     Request::Login { .. } if *session != SessionState::Anonymous => {
                         fail(fx, Errno::AlreadyOnline, Errno::AlreadyOnline.message())
                     }
-                    Request::Login { id, password } => {
+                    Request::Login { id, password, acks } => {
                         *session = SessionState::LoggingIn(id);
-                        fx.job = Some(Job { seq, kind: JobKind::Login { id, password } });
+                        fx.job = Some(Job { seq, kind: JobKind::Login { id, password, acks } });
                     }
                     Request::Register { name, password } => {
                         fx.job = Some(Job { seq, kind: JobKind::Register { name, password } });
@@ -87,6 +87,10 @@ impl Service {
                 return accept(fx, Target::Group(groupid), msg, time, cid);
             }
             Request::History { with, before, limit, .. } => JobKind::History { me: me.id, with, before, limit },
+            Request::Acknowledge { mids, .. } => {
+                fx.acked = Some((seq, mids)); // the reactor knows the session's deliveries
+                return;
+            }
         };
         fx.job = Some(Job { seq, kind });
     }

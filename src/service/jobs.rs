@@ -59,6 +59,8 @@ impl JobKind {
             JobKind::GroupChat { .. } => "group chat",
             JobKind::History { .. } => "history",
             JobKind::Drain { .. } => "mailbox drain",
+            JobKind::Peek { .. } => "mailbox read",
+            JobKind::Forget { .. } => "acknowledgement",
             JobKind::Offline { .. } => "session end",
             JobKind::Logout { .. } => "logout",
         }
@@ -75,7 +77,8 @@ impl JobKind {
             JobKind::GroupChat { .. } => MsgId::GroupChat,
             JobKind::History { .. } => MsgId::History,
             JobKind::Logout { .. } => MsgId::Logout,
-            JobKind::Drain { .. } | JobKind::Offline { .. } => return None,
+            JobKind::Forget { .. } => MsgId::Acknowledge,
+            JobKind::Drain { .. } | JobKind::Peek { .. } | JobKind::Offline { .. } => return None,
         })
     }
 }
@@ -107,7 +110,7 @@ impl Service {
         };
         let result: Result<Outcome, Unavailable> = (|| {
             Ok(match job.kind {
-                JobKind::Login { id, password } => match self.login(id, &password, here)? {
+                JobKind::Login { id, password, acks } => match self.login(id, &password, here, acks)? {
                     Ok(data) => {
                         self.retry_releases(outlet); // the bus answered the claim
                         Outcome { reply: None, effect: Effect::LoggedIn { data, seq: seq.clone() } }
@@ -197,6 +200,14 @@ impl Service {
                         None => error(Errno::BadRequest, "bad request: before is not a message of this conversation"),
                     }
                 }
+                JobKind::Peek { user, after, limit } => Outcome {
+                    reply: None,
+                    effect: Effect::Peeked { user, rows: self.store.peek_offline(user, after, limit)?, limit },
+                },
+                JobKind::Forget { user, rows } => {
+                    self.store.delete_offline(user, &rows)?;
+                    ok(None)
+                }
                 JobKind::Drain { user } => {
                     Outcome { reply: None, effect: Effect::Drained { user, msgs: self.store.take_offline(user)? } }
                 }
@@ -222,7 +233,14 @@ impl Service {
 
     /// Checks the password, claims presence, then reads what the ack shows. The mailbox is taken
     /// last and presence registered first: a message stored after the take finds the user live.
-    fn login(&self, id: UserId, password: &str, here: Loc) -> Result<Result<LoginData, Errno>, Unavailable> {
+    /// An acks login leaves the mailbox in place: its session reads it after the ack.
+    fn login(
+        &self,
+        id: UserId,
+        password: &str,
+        here: Loc,
+        acks: bool,
+    ) -> Result<Result<LoginData, Errno>, Unavailable> {
         let user = self.store.user(id)?;
         if !self.hasher.verify(password, user.as_ref().map(|u| u.password.as_str())) {
             return Ok(Err(Errno::Credentials));
@@ -250,8 +268,8 @@ impl Service {
                     reply::group_entry(g.id, &g.name, &g.desc, &users)
                 })
                 .collect();
-            let offline = self.store.take_offline(id)?;
-            Ok(Ok(LoginData { id, name: Arc::from(user.name.as_str()), friends, groups, offline }))
+            let offline = if acks { Vec::new() } else { self.store.take_offline(id)? };
+            Ok(Ok(LoginData { id, name: Arc::from(user.name.as_str()), friends, groups, offline, acks }))
         };
         let result = gather();
         if !matches!(result, Ok(Ok(_))) {

@@ -51,6 +51,7 @@ pub(crate) struct Service {
     hasher: Hasher,
     limits: Limits,
     mailbox_cap: usize,
+    window: usize,
     clock: Clock,
     /// Users whose bus claim could not be released when their session ended here (the bus was
     /// unreachable): tried again after the next release or login that reaches the bus.
@@ -86,6 +87,9 @@ pub(crate) struct Effects {
     /// An accepted chat message (with its request's `seq`), for the log: nobody sees it
     /// before it is durable.
     pub log: Option<(Option<Value>, NewMessage)>,
+    /// Mids the client acknowledged (msgid 12), with the request's `seq`; they matter only
+    /// to a session with acks.
+    pub acked: Option<(Option<Value>, Vec<Mid>)>,
     /// The session ended (logout): the reactor ends it for good (`Service::end_session`).
     pub ended: Option<UserId>,
 }
@@ -103,6 +107,7 @@ pub(crate) enum JobKind {
     Login {
         id: UserId,
         password: String,
+        acks: bool,
     },
     Register {
         name: String,
@@ -144,6 +149,18 @@ pub(crate) enum JobKind {
     Drain {
         user: UserId,
     },
+    /// An acks session's next messages from its mailbox, after row `after`; they stay there
+    /// until acknowledged.
+    Peek {
+        user: UserId,
+        after: u64,
+        limit: usize,
+    },
+    /// Delete mailbox rows an acks session acknowledged.
+    Forget {
+        user: UserId,
+        rows: Vec<u64>,
+    },
     /// A session ended: compatibility state and the bus claim.
     Offline {
         user: UserId,
@@ -173,6 +190,11 @@ pub(crate) enum Effect {
     Drained {
         user: UserId,
         msgs: Vec<String>,
+    },
+    Peeked {
+        user: UserId,
+        rows: Vec<(u64, String)>,
+        limit: usize,
     },
 }
 
@@ -225,6 +247,7 @@ impl Service {
             hasher: Hasher::new(config.hash).map_err(std::io::Error::other)?,
             limits: Limits { max_msg: config.max_msg },
             mailbox_cap: config.mailbox_cap,
+            window: config.window.max(1),
             clock: config.clock.clone(),
             unreleased: parking_lot::Mutex::new(Vec::new()),
         })
@@ -236,6 +259,10 @@ impl Service {
 
     pub(crate) fn limits(&self) -> Limits {
         self.limits
+    }
+
+    pub(crate) fn window(&self) -> usize {
+        self.window
     }
 
     pub(crate) fn store(&self) -> Arc<dyn Store> {

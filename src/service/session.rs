@@ -10,13 +10,14 @@
 //! While a job is in flight the connection reads nothing further (per-connection order), and
 //! deliveries for it are held, to follow the job's answer.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::message_log::LogResult;
 use super::User;
 use crate::net::{Loc, Outbound};
 use crate::proto::request::Parsed;
+use crate::store::Mid;
 use crate::UserId;
 
 /// Who a connection is.
@@ -67,6 +68,32 @@ pub(super) struct Session {
     pub sent: VecDeque<Sent>,
     /// A request that waits for `sent` to empty (the connection is paused meanwhile).
     pub deferred: Option<Parsed>,
+    /// Acknowledged delivery, when the login asked for it.
+    pub acks: Option<AckState>,
+}
+
+/// An acks session's view of its mailbox: every message for the user is stored there first and
+/// stays until the client acknowledges it, so an ended session (however it ended) loses nothing.
+#[derive(Debug)]
+pub(crate) struct AckState {
+    pub window: usize,
+    /// Delivered, not yet acknowledged: mid → mailbox row.
+    pub unacked: HashMap<Mid, u64>,
+    /// The last mailbox row read.
+    pub cursor: u64,
+    /// More may be waiting than the window let through.
+    pub more: bool,
+}
+
+impl AckState {
+    pub(crate) fn new(window: usize) -> AckState {
+        AckState { window, unacked: HashMap::new(), cursor: 0, more: true }
+    }
+
+    /// How many more may be delivered now.
+    pub(crate) fn room(&self) -> usize {
+        self.window.saturating_sub(self.unacked.len())
+    }
 }
 
 /// One answer of a connection's request order, while chat messages are in the log.
@@ -90,6 +117,7 @@ impl Session {
             drain_wanted: false,
             sent: VecDeque::new(),
             deferred: None,
+            acks: None,
         }
     }
 }

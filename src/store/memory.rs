@@ -25,7 +25,9 @@ struct Data {
     groups: BTreeMap<GroupId, (String, String)>,
     /// `(group, user)` → creator?
     members: BTreeMap<(GroupId, UserId), bool>,
-    mailboxes: HashMap<UserId, VecDeque<String>>,
+    /// Rows `(id, message)`; ids grow across all mailboxes, as an auto-increment column's.
+    mailboxes: HashMap<UserId, VecDeque<(u64, String)>>,
+    last_row: u64,
     /// The log by mid, which the store gives out in order from 1.
     log: BTreeMap<Mid, (Conversation, ChatMessage<'static>)>,
     last_mid: Mid,
@@ -113,16 +115,33 @@ impl Store for MemoryStore {
 
     fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool> {
         let mut d = self.data.lock();
-        let mailbox = d.mailboxes.entry(user).or_default();
-        if cap.is_some_and(|cap| mailbox.len().saturating_add(msgs.len()) > cap) {
+        let held = d.mailboxes.get(&user).map_or(0, VecDeque::len);
+        if cap.is_some_and(|cap| held.saturating_add(msgs.len()) > cap) {
             return Ok(false);
         }
-        mailbox.extend(msgs.iter().map(|&m| m.to_owned()));
+        let first = d.last_row + 1;
+        d.last_row += msgs.len() as u64;
+        let mailbox = d.mailboxes.entry(user).or_default();
+        mailbox.extend(msgs.iter().enumerate().map(|(i, &m)| (first + i as u64, m.to_owned())));
         Ok(true)
     }
 
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>> {
-        Ok(self.data.lock().mailboxes.remove(&user).map(Vec::from).unwrap_or_default())
+        let taken = self.data.lock().mailboxes.remove(&user).unwrap_or_default();
+        Ok(taken.into_iter().map(|(_, m)| m).collect())
+    }
+
+    fn peek_offline(&self, user: UserId, after: u64, limit: usize) -> StoreResult<Vec<(u64, String)>> {
+        let d = self.data.lock();
+        let rows = d.mailboxes.get(&user).into_iter().flatten().filter(|(id, _)| *id > after);
+        Ok(rows.take(limit).cloned().collect())
+    }
+
+    fn delete_offline(&self, user: UserId, ids: &[u64]) -> StoreResult<()> {
+        if let Some(mailbox) = self.data.lock().mailboxes.get_mut(&user) {
+            mailbox.retain(|(id, _)| !ids.contains(id));
+        }
+        Ok(())
     }
 
     fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {

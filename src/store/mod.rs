@@ -192,6 +192,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool>;
     /// Removes and returns a user's mailbox, oldest first, in one transaction.
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>>;
+    /// Reads up to `limit` messages of a user's mailbox after row `after`, oldest first, with
+    /// their row ids, leaving them there (an acks session deletes what the client acknowledged).
+    fn peek_offline(&self, user: UserId, after: u64, limit: usize) -> StoreResult<Vec<(u64, String)>>;
+    /// Deletes rows of a user's mailbox; ids that are gone already are ignored.
+    fn delete_offline(&self, user: UserId, ids: &[u64]) -> StoreResult<()>;
     /// Appends messages to the log in one transaction (all or none), in order, each under a
     /// fresh mid, unless its (sender, cid) was logged at or after `dedup_since` (ms) or earlier
     /// in the batch: then `Dup` with that message's mid, and nothing is stored.
@@ -267,7 +272,13 @@ pub(crate) mod tests {
         assert!(s.store_offline(b, &["1", "2"], Some(2)).unwrap());
         assert!(!s.store_offline(b, &["3"], Some(2)).unwrap());
         assert!(s.store_offline(b, &["3"], None).unwrap());
-        assert_eq!(s.take_offline(b).unwrap(), vec!["1", "2", "3"]);
+        let rows = s.peek_offline(b, 0, 2).unwrap();
+        assert_eq!(rows.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(), ["1", "2"]);
+        let rest = s.peek_offline(b, rows[1].0, 10).unwrap();
+        assert_eq!(rest.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(), ["3"]);
+        s.delete_offline(b, &[rows[0].0]).unwrap();
+        s.delete_offline(a, &[rows[1].0]).unwrap(); // not a's: nothing happens
+        assert_eq!(s.take_offline(b).unwrap(), vec!["2", "3"]);
         assert!(s.take_offline(b).unwrap().is_empty());
         message_log(s, a, b, g);
     }

@@ -233,6 +233,30 @@ impl Store for MysqlStore {
         })
     }
 
+    fn peek_offline(&self, user: UserId, after: u64, limit: usize) -> StoreResult<Vec<(u64, String)>> {
+        self.rows(
+            "SELECT id, message FROM OfflineMessage WHERE userid = ? AND id > ? ORDER BY id LIMIT ?",
+            (user, after, limit as u64),
+        )
+    }
+
+    fn delete_offline(&self, user: UserId, ids: &[u64]) -> StoreResult<()> {
+        self.transaction(|tx| {
+            // Locked as every other read-then-write of a mailbox is (see LOCK_MAILBOX).
+            tx.exec_drop(LOCK_MAILBOX, (user,))?;
+            for chunk in ids.chunks(MAX_ROWS) {
+                let sql = format!(
+                    "DELETE FROM OfflineMessage WHERE userid = ? AND id IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                );
+                let mut params: Vec<Value> = vec![user.into()];
+                params.extend(chunk.iter().map(|&id| Value::from(id)));
+                tx.exec_drop(sql, params)?;
+            }
+            Ok(())
+        })
+    }
+
     fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
         let logged = self.transaction(|tx| {
             // Earlier messages under the batch's cids, in one query per chunk.

@@ -218,6 +218,31 @@ impl Store for SqliteStore {
         })
     }
 
+    fn peek_offline(&self, user: UserId, after: u64, limit: usize) -> StoreResult<Vec<(u64, String)>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, message FROM OfflineMessage WHERE userid = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![user, after as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn delete_offline(&self, user: UserId, ids: &[u64]) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx.prepare_cached("DELETE FROM OfflineMessage WHERE userid = ?1 AND id = ?2")?;
+                for &id in ids {
+                    st.execute(params![user, id as i64])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

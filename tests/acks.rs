@@ -1,0 +1,148 @@
+//! Acknowledged delivery (protocol version 2) over real TCP: a session that logs in with
+//! `"acks":true` gets what waits after its login ack, at most `window` unacknowledged at once,
+//! and whatever it did not acknowledge comes back at the next login, however the session ended.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{decoded, Client, ServerProcess, TestServer};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+fn mid(v: &Value) -> u64 {
+    v["mid"].as_u64().unwrap_or_else(|| panic!("no mid in {v}"))
+}
+
+fn acks_login(c: &mut Client, id: u32) {
+    let ack = c.request(json!({"msgid":1,"id":id,"password":"pw","acks":true}));
+    assert_eq!((&ack["errno"], &ack["acks"]), (&json!(0), &json!(true)), "{ack}");
+    assert!(ack.get("offlinemsg").is_none(), "an acks login ack carries no offlinemsg: {ack}");
+}
+
+/// `n` deliveries as (text, mid).
+fn deliveries(c: &mut Client, n: usize) -> Vec<(String, u64)> {
+    (0..n)
+        .map(|_| {
+            let m = c.recv();
+            assert_eq!(m["msgid"], 6, "{m}");
+            (m["msg"].as_str().unwrap().to_owned(), mid(&m))
+        })
+        .collect()
+}
+
+fn send(c: &mut Client, to: u32, texts: impl IntoIterator<Item = String>) -> Vec<u64> {
+    texts
+        .into_iter()
+        .map(|t| {
+            let r = c.request(json!({"msgid":6,"toid":to,"msg":t,"seq":1}));
+            assert_eq!(r["errno"], 0, "{r}");
+            mid(&r)
+        })
+        .collect()
+}
+
+#[test]
+fn what_an_acks_session_did_not_acknowledge_comes_back_at_the_next_login() {
+    let s = TestServer::start();
+    let (mut a, _ida) = s.user("alice");
+    let mut b = s.client();
+    let idb = b.register("bob", "pw");
+    let mids = send(&mut a, idb, (0..5).map(|n| n.to_string()));
+    acks_login(&mut b, idb);
+    let got = deliveries(&mut b, 5);
+    assert_eq!(got.iter().map(|(_, m)| *m).collect::<Vec<_>>(), mids, "oldest first, with their mids");
+    let r = b.request(json!({"msgid":12,"mids":[mids[0], mids[2], mids[1]],"seq":"a"}));
+    assert_eq!(r, json!({"msgid":11,"req":12,"seq":"a","errno":0}));
+    // Unknown and repeated mids are ignored; without seq there is no answer.
+    b.send(json!({"msgid":12,"mids":[mids[0], 999_999]}));
+    b.expect_silence(QUIET);
+    drop(b); // the session ends by a close
+    let mut b = s.client();
+    acks_login(&mut b, idb);
+    let again = deliveries(&mut b, 2);
+    assert_eq!(again, vec![("3".to_owned(), mids[3]), ("4".to_owned(), mids[4])], "same mids, same order");
+    // Live messages follow what was waiting.
+    let later = send(&mut a, idb, ["5".to_owned()]);
+    assert_eq!(deliveries(&mut b, 1), vec![("5".to_owned(), later[0])]);
+    b.logout();
+    // A login without acks finds every unacknowledged message in its ack.
+    let offline = decoded(&b.login_ok(idb, "pw"), "offlinemsg");
+    assert_eq!(offline.iter().map(mid).collect::<Vec<_>>(), [mids[3], mids[4], later[0]]);
+}
+
+#[test]
+fn the_window_bounds_what_is_unacknowledged() {
+    let s = TestServer::start_with(|c| c.window = 3);
+    let (mut a, _ida) = s.user("alice");
+    let mut b = s.client();
+    let idb = b.register("bob", "pw");
+    acks_login(&mut b, idb);
+    let mids = send(&mut a, idb, (0..10).map(|n| n.to_string()));
+    let first = deliveries(&mut b, 3);
+    b.expect_silence(QUIET);
+    b.send(json!({"msgid":12,"mids":[first[0].1, first[1].1]}));
+    let next = deliveries(&mut b, 2);
+    b.expect_silence(QUIET);
+    let shown: Vec<u64> = first.iter().chain(&next).map(|(_, m)| *m).collect();
+    assert_eq!(shown, mids[..5]);
+    let all: Vec<u64> = shown[2..].to_vec();
+    b.send(json!({"msgid":12,"mids":all}));
+    let rest = deliveries(&mut b, 3);
+    b.send(json!({"msgid":12,"mids":rest.iter().map(|(_, m)| *m).collect::<Vec<_>>()}));
+    let last = deliveries(&mut b, 2);
+    let shown: Vec<u64> = rest.iter().chain(&last).map(|(_, m)| *m).collect();
+    assert_eq!(shown, mids[5..]);
+    b.expect_silence(QUIET);
+}
+
+#[test]
+fn acknowledgements_are_validated_and_ignored_without_acks() {
+    let s = TestServer::start();
+    let (mut a, _ida) = s.user("alice");
+    let (mut b, idb) = s.user("bob");
+    for bad in [json!([]), json!("1"), json!([0]), json!([1.5]), json!([-1]), json!((1..=1001).collect::<Vec<u64>>())] {
+        let r = b.request(json!({"msgid":12,"mids":bad,"seq":1}));
+        assert_eq!((&r["req"], &r["errno"]), (&json!(12), &json!(4)), "mids {bad}: {r}");
+    }
+    let r = b.request(json!({"msgid":12,"id":idb + 1,"mids":[1],"seq":1}));
+    assert_eq!(r["errno"], 11);
+    // A session without acks: acknowledged as a request, nothing else happens.
+    send(&mut a, idb, ["live".to_owned()]);
+    let m = b.recv();
+    assert_eq!(b.request(json!({"msgid":12,"mids":[mid(&m)],"seq":2}))["errno"], 0);
+    b.logout();
+    assert!(decoded(&b.login_ok(idb, "pw"), "offlinemsg").is_empty(), "delivered means written, as in v1");
+    b.logout();
+    let r = b.request(json!({"msgid":1,"id":idb,"password":"pw","acks":"yes"}));
+    assert_eq!((&r["msgid"], &r["errno"]), (&json!(2), &json!(4)));
+    assert_eq!(s.client().request(json!({"msgid":12,"mids":[1]}))["errno"], 3, "not logged in");
+}
+
+/// The node dies with deliveries unacknowledged: they come back after the restart.
+#[test]
+fn unacknowledged_deliveries_survive_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = support::fresh_store(dir.path());
+    let node = ServerProcess::spawn(&store, &[]);
+    let mut reg = Client::connect(node.addr);
+    let (ida, idb) = (reg.register("alice", "pw"), reg.register("bob", "pw"));
+    let mut a = Client::connect(node.addr);
+    a.login_ok(ida, "pw");
+    let mut b = Client::connect(node.addr);
+    acks_login(&mut b, idb);
+    let mids = send(&mut a, idb, (0..50).map(|n| n.to_string()));
+    let got = deliveries(&mut b, 50);
+    assert_eq!(got.iter().map(|(_, m)| *m).collect::<Vec<_>>(), mids);
+    b.send(json!({"msgid":12,"mids":mids[..20].to_vec(),"seq":1}));
+    assert_eq!(b.recv()["errno"], 0);
+    node.signal("KILL");
+    drop(node);
+    let node = ServerProcess::spawn(&store, &[]);
+    let mut b = Client::connect(node.addr);
+    acks_login(&mut b, idb);
+    let again = deliveries(&mut b, 30);
+    assert_eq!(again.iter().map(|(_, m)| *m).collect::<Vec<_>>(), mids[20..], "the unacknowledged, in order, once");
+    b.expect_silence(QUIET);
+}
