@@ -42,11 +42,12 @@ CREATE TABLE IF NOT EXISTS OfflineMessage (
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- The message log (protocol version 2): every accepted chat message once, group messages once
--- for all members, under its cluster-wide mid. `conv` is `u{low}:{high}` for a one-to-one
--- conversation, `g{groupid}` for a group's; `name` is the sender's name when sent.
+-- for all members, under its cluster-wide mid. `conv` is `low << 32 | high` for a one-to-one
+-- conversation and `-groupid` for a group's; `name` is the sender's name when sent. Few
+-- indexes: each commit writes every index page it touches.
 CREATE TABLE IF NOT EXISTS Message (
     mid      BIGINT UNSIGNED NOT NULL,
-    conv     VARCHAR(24)     NOT NULL,
+    conv     BIGINT          NOT NULL,
     sender   INT UNSIGNED    NOT NULL,
     name     VARCHAR(50)     NOT NULL,
     toid     INT UNSIGNED    NULL,
@@ -54,11 +55,19 @@ CREATE TABLE IF NOT EXISTS Message (
     msg      MEDIUMTEXT      NOT NULL,
     sendtime VARCHAR(64)     NOT NULL,
     ts       BIGINT UNSIGNED NOT NULL COMMENT 'server receive time, Unix ms',
-    cid      VARCHAR(64)     NULL COMMENT 'the sender''s id for the message, deduplicated',
+    cid      VARCHAR(64)     NULL COMMENT 'the sender''s id for the message',
     PRIMARY KEY (mid),
     KEY idx_message_conv (conv, ts, mid),
-    UNIQUE KEY uk_message_cid (sender, cid),
     KEY idx_message_ts (ts)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- (sender, cid) of the messages that had one, for deduplication; rows older than a day go.
+CREATE TABLE IF NOT EXISTS MessageCid (
+    sender INT UNSIGNED    NOT NULL,
+    cid    VARCHAR(64)     NOT NULL,
+    mid    BIGINT UNSIGNED NOT NULL,
+    ts     BIGINT UNSIGNED NOT NULL,
+    PRIMARY KEY (sender, cid)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- The next mid: every node reserves a batch's mids here, in the batch's transaction.

@@ -2,7 +2,8 @@
 //! sees it. One thread takes everything queued since its last commit and writes it as one
 //! transaction (group commit: one batch per commit round trip, never one round trip per message
 //! serially), then hands the results back to the senders' reactors, one channel message per
-//! reactor per batch. A second thread prunes history older than the retention.
+//! reactor per batch. A second thread prunes history older than the retention, and cids
+//! older than the deduplication window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,8 +69,9 @@ pub(crate) struct MessageLog {
 }
 
 impl MessageLog {
-    /// Starts the writer on the queue of [`LogHandle::channel`], and the pruner unless
-    /// `history_days` is 0 (keep everything). The writer ends once every handle is dropped.
+    /// Starts the writer on the queue of [`LogHandle::channel`], and the pruner (cids older
+    /// than a day; history older than `history_days`, unless 0: keep everything). The writer
+    /// ends once every handle is dropped.
     pub(crate) fn start(
         rx: Receiver<Accepted>,
         store: Arc<dyn Store>,
@@ -83,17 +85,12 @@ impl MessageLog {
                 .name("message-log".into())
                 .spawn(move || write_loop(&*store, &rx, &router, &clock))?
         };
-        let pruner = match history_days {
-            0 => None,
-            days => {
-                let (stop, stopped) = unbounded::<()>();
-                let retention = u64::from(days) * 24 * 3600 * 1000;
-                let thread = std::thread::Builder::new()
-                    .name("history-prune".into())
-                    .spawn(move || prune_loop(&*store, &stopped, &clock, retention))?;
-                Some((stop, thread))
-            }
-        };
+        let (stop, stopped) = unbounded::<()>();
+        let retention = (history_days > 0).then(|| u64::from(history_days) * 24 * 3600 * 1000);
+        let thread = std::thread::Builder::new()
+            .name("history-prune".into())
+            .spawn(move || prune_loop(&*store, &stopped, &clock, retention))?;
+        let pruner = Some((stop, thread));
         Ok(MessageLog { writer, pruner })
     }
 
@@ -147,13 +144,16 @@ pub(crate) fn commit(store: &dyn Store, batch: Vec<Accepted>, clock: &Clock, rou
     }
 }
 
-fn prune_loop(store: &dyn Store, stopped: &Receiver<()>, clock: &Clock, retention: u64) {
+fn prune_loop(store: &dyn Store, stopped: &Receiver<()>, clock: &Clock, retention: Option<u64>) {
     loop {
-        let before = clock.now_ms().saturating_sub(retention);
-        match store.prune_history(before) {
-            Ok(0) => {}
-            Ok(n) => log::info!("history: {n} messages past the retention deleted"),
-            Err(e) => log::warn!("history: pruning failed: {e}"),
+        let now = clock.now_ms();
+        if let Err(e) = store.prune_cids(now.saturating_sub(DEDUP_WINDOW_MS)) {
+            log::warn!("message log: forgetting old cids failed: {e}");
+        }
+        match retention.map(|r| store.prune_history(now.saturating_sub(r))) {
+            None | Some(Ok(0)) => {}
+            Some(Ok(n)) => log::info!("history: {n} messages past the retention deleted"),
+            Some(Err(e)) => log::warn!("history: pruning failed: {e}"),
         }
         match stopped.recv_timeout(PRUNE_EVERY) {
             Err(RecvTimeoutError::Timeout) => {}

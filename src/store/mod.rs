@@ -75,11 +75,12 @@ impl Conversation {
         }
     }
 
-    /// The key the log indexes it by.
-    pub fn key(self) -> String {
+    /// The integer the log indexes it by: `low << 32 | high` for a pair, `-groupid` for a
+    /// group (ids are below 2^31, so the two never meet).
+    pub fn key(self) -> i64 {
         match self {
-            Conversation::Pair(a, b) => format!("u{a}:{b}"),
-            Conversation::Group(g) => format!("g{g}"),
+            Conversation::Pair(a, b) => (i64::from(a) << 32) | i64::from(b),
+            Conversation::Group(g) => -i64::from(g),
         }
     }
 }
@@ -208,6 +209,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn history(&self, conv: Conversation, before: Option<Mid>, limit: usize) -> StoreResult<Option<HistoryPage>>;
     /// Deletes the logged messages received before `ts` (ms); returns how many.
     fn prune_history(&self, ts: u64) -> StoreResult<u64>;
+    /// Forgets the cids of messages received before `ts` (ms): they may be used again.
+    fn prune_cids(&self, ts: u64) -> StoreResult<()>;
 }
 
 /// Opens the store named by `spec`: `sqlite:PATH`, `mysql://user:pass@host:port/db`, or

@@ -264,7 +264,7 @@ impl Store for MysqlStore {
             let keyed: Vec<(UserId, &str)> = batch.iter().filter_map(|m| Some((m.from, m.cid.as_deref()?))).collect();
             for chunk in keyed.chunks(MAX_ROWS) {
                 let sql = format!(
-                    "SELECT sender, cid, mid, ts FROM Message WHERE (sender, cid) IN ({})",
+                    "SELECT sender, cid, mid, ts FROM MessageCid WHERE (sender, cid) IN ({})",
                     vec!["(?, ?)"; chunk.len()].join(", ")
                 );
                 let params: Vec<Value> = chunk.iter().flat_map(|&(u, c)| [u.into(), c.into()]).collect();
@@ -279,7 +279,7 @@ impl Store for MysqlStore {
             }
             let end: u64 = tx.exec_first("SELECT LAST_INSERT_ID()", ())?.unwrap_or(0);
             let mut next = end.saturating_sub(fresh as u64);
-            let (mut out, mut rows, mut forget) = (Vec::with_capacity(batch.len()), Vec::new(), Vec::new());
+            let (mut out, mut rows, mut cids) = (Vec::with_capacity(batch.len()), Vec::new(), Vec::new());
             let mut seen: HashMap<(UserId, &str), Mid> = HashMap::new();
             for &m in batch {
                 if let Some(cid) = m.cid.as_deref() {
@@ -292,18 +292,24 @@ impl Store for MysqlStore {
                             out.push(Logged::Dup(mid));
                             continue;
                         }
-                        Some(&(mid, _)) => forget.push(mid),
-                        None => {}
+                        _ => {}
                     }
                     seen.insert((m.from, cid), next);
+                    cids.push((m.from, cid, next, m.ts));
                 }
                 rows.push((next, m));
                 out.push(Logged::Fresh(next));
                 next += 1;
             }
-            for chunk in forget.chunks(MAX_ROWS) {
-                let sql = format!("UPDATE Message SET cid = NULL WHERE mid IN ({})", vec!["?"; chunk.len()].join(", "));
-                tx.exec_drop(sql, chunk.to_vec())?;
+            for chunk in cids.chunks(MAX_ROWS) {
+                let sql = format!(
+                    "INSERT INTO MessageCid (sender, cid, mid, ts) VALUES {}
+                     ON DUPLICATE KEY UPDATE mid = VALUES(mid), ts = VALUES(ts)",
+                    vec!["(?, ?, ?, ?)"; chunk.len()].join(", ")
+                );
+                let params: Vec<Value> =
+                    chunk.iter().flat_map(|&(u, c, mid, ts)| [u.into(), c.into(), mid.into(), ts.into()]).collect();
+                tx.exec_drop(sql, params)?;
             }
             for chunk in rows.chunks(MAX_ROWS) {
                 let sql = format!(
@@ -338,7 +344,14 @@ impl Store for MysqlStore {
     }
 
     fn unlog(&self, mid: Mid) -> StoreResult<()> {
-        Ok(self.conn()?.exec_drop("DELETE FROM Message WHERE mid = ?", (mid,))?)
+        self.transaction(|tx| {
+            tx.exec_drop(
+                "DELETE c FROM MessageCid c JOIN Message m ON m.sender = c.sender AND m.cid = c.cid
+                 WHERE m.mid = ? AND c.mid = ?",
+                (mid, mid),
+            )?;
+            tx.exec_drop("DELETE FROM Message WHERE mid = ?", (mid,))
+        })
     }
 
     fn history(&self, conv: Conversation, before: Option<Mid>, limit: usize) -> StoreResult<Option<HistoryPage>> {
@@ -373,10 +386,22 @@ impl Store for MysqlStore {
         Ok(Some(HistoryPage { messages, more }))
     }
 
+    fn prune_cids(&self, ts: u64) -> StoreResult<()> {
+        Ok(self.conn()?.exec_drop("DELETE FROM MessageCid WHERE ts < ?", (ts,))?)
+    }
+
+    /// In chunks, each its own transaction, locking few rows at a time.
     fn prune_history(&self, ts: u64) -> StoreResult<u64> {
         let mut conn = self.conn()?;
-        conn.exec_drop("DELETE FROM Message WHERE ts < ?", (ts,))?;
-        Ok(conn.affected_rows())
+        let mut total = 0;
+        loop {
+            conn.exec_drop("DELETE FROM Message WHERE ts < ? ORDER BY ts LIMIT 1000", (ts,))?;
+            let n = conn.affected_rows();
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
     }
 }
 

@@ -28,10 +28,12 @@ CREATE TABLE IF NOT EXISTS OfflineMessage (
     message TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS OfflineMessage_userid ON OfflineMessage (userid, id);
--- The message log: every accepted chat message once, under its mid (see schema.sql).
+-- The message log: every accepted chat message once, under its mid (see schema.sql). Few
+-- indexes, because a commit writes every page it touched: `conv` is an integer key
+-- (`low << 32 | high` for a pair, `-groupid` for a group), and cids have their own small table.
 CREATE TABLE IF NOT EXISTS Message (
     mid      INTEGER PRIMARY KEY,
-    conv     TEXT    NOT NULL,
+    conv     INTEGER NOT NULL,
     sender   INTEGER NOT NULL,
     name     TEXT    NOT NULL,
     toid     INTEGER,
@@ -42,8 +44,17 @@ CREATE TABLE IF NOT EXISTS Message (
     cid      TEXT
 );
 CREATE INDEX IF NOT EXISTS Message_conv ON Message (conv, ts, mid);
-CREATE UNIQUE INDEX IF NOT EXISTS Message_cid ON Message (sender, cid);
+-- For the retention: `ts` grows, so a commit touches only this index's last page.
 CREATE INDEX IF NOT EXISTS Message_ts ON Message (ts);
+-- (sender, cid) of the messages that had one, for deduplication; rows older than a day go.
+CREATE TABLE IF NOT EXISTS MessageCid (
+    sender INTEGER NOT NULL,
+    cid    TEXT    NOT NULL,
+    mid    INTEGER NOT NULL,
+    ts     INTEGER NOT NULL,
+    PRIMARY KEY (sender, cid)
+) WITHOUT ROWID;
+-- Mids are never given out twice: a removed last message leaves its mid + 1 here.
 CREATE TABLE IF NOT EXISTS MessageSeq (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     next INTEGER NOT NULL
