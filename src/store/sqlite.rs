@@ -82,9 +82,6 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "OFF")?;
-            // Pages rewritten between checkpoints are written back once: fewer, larger
-            // checkpoints cost less than the default (every 1,000 pages).
-            conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
             conn.pragma_update(None, "cache_size", -32_768)?;
             if i == 0 {
                 conn.execute_batch(SCHEMA)?;
