@@ -31,6 +31,9 @@ pub struct Config {
     pub history_days: u32,
     /// Most unacknowledged deliveries of an acks session.
     pub window: usize,
+    /// How often stored messages of live users are looked for, in case their notification
+    /// was lost; such a message arrives within about two periods.
+    pub sweep_every: Duration,
 }
 
 /// Argon2id cost parameters.
@@ -76,6 +79,7 @@ impl Default for Config {
             clock: Clock::System,
             history_days: 30,
             window: 1000,
+            sweep_every: Duration::from_secs(2),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The acceptor and the node's lifecycle: start the pool and the reactors, hand out sockets
 //! round-robin, and shut everything down in order.
 //!
-//! Shutdown: stop accepting → reactors stop reading and finish the jobs in flight (phase 1) →
+//! Shutdown: stop accepting → mailbox sweep stopped → reactors stop reading and finish the jobs in flight (phase 1) →
 //! reactors end their sessions, flush with a deadline and store what is unsent (phase 2) →
 //! reactor threads joined → message log committed and joined → pool drained and joined →
 //! mailbox writes finished and joined.
@@ -15,7 +15,7 @@ use crate::bus::{Bus, BusError, Inbox};
 use crate::config::Config;
 use crate::net::{self, Acceptor, Limits, Loc, Msg, Router};
 use crate::pool::Pool;
-use crate::service::{ChatHandler, Delivery, Event, LogHandle, MessageLog, Outlet as _, Service};
+use crate::service::{ChatHandler, Delivery, Event, LogHandle, MessageLog, Outlet as _, Service, Sweeper};
 use crate::store::Store;
 use crate::UserId;
 
@@ -64,12 +64,14 @@ impl Server {
         let (store, clock) = (self.service.store(), self.config.clock.clone());
         let message_log = MessageLog::start(log_queue, store, router.clone(), clock, self.config.history_days)?;
         self.service.bus().start(Arc::new(NodeInbox { service: self.service.clone(), router: router.clone() }))?;
+        let sweeper = Sweeper::start(self.service.clone(), router.clone(), self.config.sweep_every)?;
         log::info!("serving on {} with {threads} reactors", self.local_addr()?);
 
         let Server { acceptor, config, service } = self;
         acceptor.run(&router)?;
 
         log::info!("shutting down");
+        sweeper.shutdown();
         let grace = config.shutdown_grace;
         router.broadcast(|| Msg::Quiesce);
         let deadline = Instant::now() + grace;

@@ -146,3 +146,31 @@ fn unacknowledged_deliveries_survive_a_kill_9() {
     assert_eq!(again.iter().map(|(_, m)| *m).collect::<Vec<_>>(), mids[20..], "the unacknowledged, in order, once");
     b.expect_silence(QUIET);
 }
+
+/// A message stored for a live user whose notification was lost (written here into the
+/// mailbox behind the server's back, so nothing tells the session) still arrives within a few
+/// seconds: the node's sweep finds it. For a canonical and an acks session alike.
+#[test]
+fn a_stored_message_whose_notification_was_lost_arrives_within_seconds() {
+    let s = TestServer::start();
+    let (mut a, ida) = s.user("alice");
+    let mut c = s.client();
+    let idc = c.register("carol", "pw");
+    acks_login(&mut c, idc);
+    let stored = |to: u32, text: &str, mid: u64| {
+        let m = json!({"msgid":6,"id":9,"name":"x","toid":to,"msg":text,"time":"t","mid":mid});
+        s.sql_exec(&format!("INSERT INTO OfflineMessage (userid, message) VALUES ({to}, '{m}')"));
+    };
+    stored(ida, "lost notification", 1_000_001);
+    stored(idc, "lost notification too", 1_000_002);
+    let wait = Duration::from_secs(5);
+    let m = a.try_recv(wait).expect("delivered within 5 s");
+    assert_eq!((&m["msg"], &m["mid"]), (&json!("lost notification"), &json!(1_000_001)));
+    let m = c.try_recv(wait).expect("delivered within 5 s");
+    assert_eq!((&m["msg"], &m["mid"]), (&json!("lost notification too"), &json!(1_000_002)));
+    // Delivered once: the canonical mailbox was taken, the acks one is read until acknowledged.
+    a.expect_silence(Duration::from_secs(3));
+    c.expect_silence(QUIET);
+    assert_eq!(s.sql_strings(&format!("SELECT message FROM OfflineMessage WHERE userid = {ida}")).len(), 0);
+    assert_eq!(s.sql_strings(&format!("SELECT message FROM OfflineMessage WHERE userid = {idc}")).len(), 1);
+}

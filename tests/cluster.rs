@@ -317,6 +317,56 @@ fn a_redis_restart_under_load_is_survived() {
     assert!(acked.len() > 200, "only {} of 300 acknowledged", acked.len());
 }
 
+/// Redis is killed (SIGKILL: whatever it had accepted and not yet written is gone) and comes
+/// back empty while Alice on node 0 writes to Bob, whose session on node 1 acknowledges
+/// deliveries: every message Alice saw acknowledged reaches Bob, once, in order. His messages
+/// are stored before anyone tells his node, so none travels through Redis.
+#[test]
+fn an_acks_session_on_another_node_loses_nothing_when_redis_is_killed() {
+    let mut cluster = Cluster::start(2);
+    let (a, ida) = cluster.user(0, "alice");
+    let mut b = Client::connect(cluster.addr(1));
+    let idb = b.register("bob", "pw");
+    let ack = b.request(json!({"msgid":1,"id":idb,"password":"pw","acks":true}));
+    assert_eq!(ack["acks"], true, "{ack}");
+    assert_eq!(cluster.redis.cli(&["EXISTS", &format!("acks:{idb}")]), "1", "the claim says acks");
+    let sender = thread::spawn(move || {
+        let mut a = a;
+        let mut acked = Vec::new();
+        for n in 0..300u64 {
+            let r = a.request(json!({"msgid":6,"toid":idb,"msg":n.to_string(),"seq":n}));
+            if r["errno"] == 0 {
+                acked.push(r["mid"].as_u64().expect("a mid"));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        a.chat_acked(ida, idb, "end", 1000);
+        acked
+    });
+    thread::sleep(Duration::from_millis(150));
+    cluster.redis.stop(); // SIGKILL
+    thread::sleep(Duration::from_millis(300));
+    cluster.redis.start_again(); // empty: nothing was saved
+    let mut got: Vec<u64> = Vec::new();
+    loop {
+        let m = b.recv();
+        assert_eq!(m["msgid"], 6, "{m}");
+        b.send(json!({"msgid":12,"mids":[m["mid"]]}));
+        if m["msg"] == "end" {
+            break;
+        }
+        got.push(m["mid"].as_u64().expect("a mid"));
+    }
+    let acked = sender.join().unwrap();
+    let lost: Vec<&u64> = acked.iter().filter(|m| !got.contains(m)).collect();
+    assert!(lost.is_empty(), "acknowledged to Alice, never delivered to Bob: {lost:?}");
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(got, sorted, "doubled or out of order");
+    assert!(acked.len() > 200, "only {} of 300 acknowledged", acked.len());
+}
+
 /// Redis is down while Bob logs out and comes back with its data: his node could not release
 /// his presence key, so other nodes would refuse his logins. The node keeps the release and
 /// makes it once it reaches Redis again (here: at Carol's logout).

@@ -67,10 +67,14 @@ pub enum Routing {
 
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Claims cluster-wide presence for `user`, logging in on this node. `false`: live elsewhere.
-    fn claim(&self, user: UserId) -> Result<bool, BusError>;
+    /// `acks`: whether the session acknowledges deliveries (`None`: as the claim said before).
+    /// Messages for such a session are stored before anyone is told, so other nodes do not
+    /// route them to it through the bus, where a Redis crash could lose them in transit.
+    fn claim(&self, user: UserId, acks: Option<bool>) -> Result<bool, BusError>;
     /// Releases a claim made by this node.
     fn release(&self, user: UserId) -> Result<(), BusError>;
-    /// Delivers an encoded message to `user` on another node. `false`: not online elsewhere.
+    /// Delivers an encoded message to `user` on another node. `false`: not online elsewhere, or
+    /// in an acks session there (store it, then `poke`).
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError>;
     /// Like `route`, without blocking the caller: many messages can share one round trip.
     /// Messages handed over one after the other are routed in that order; `from` (the sender)
@@ -105,7 +109,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
 pub struct LocalBus;
 
 impl Bus for LocalBus {
-    fn claim(&self, _user: UserId) -> Result<bool, BusError> {
+    fn claim(&self, _user: UserId, _acks: Option<bool>) -> Result<bool, BusError> {
         Ok(true)
     }
 

@@ -3,9 +3,12 @@
 //! - Each node subscribes, for its whole life, to its own channel `node:{id}`.
 //! - Presence is the key `online:{user}` = node id. Login claims it with SET NX; a key whose
 //!   node's channel has no subscriber (`PUBSUB NUMSUB`) belongs to a dead node and is taken over
-//!   atomically. Logout deletes it only if it is still this node's.
+//!   atomically. Logout deletes it only if it is still this node's. `acks:{user}` exists while
+//!   the session acknowledges deliveries; it goes with the claim.
 //! - Routing is one round trip: a script reads the owner, publishes to its channel and returns
 //!   the receiver count; no owner or no receiver means "store offline" (a stale key is dropped).
+//!   So does an acks session: its messages are stored first and the session poked, since a
+//!   publish Redis accepted may still be lost in a crash before it reaches the node.
 //! - A node that stored a message for a user live on another node publishes the user id alone
 //!   to that node's channel: the session there fetches its mailbox again (`poke`).
 //!
@@ -29,23 +32,31 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between reconnection attempts of the subscriber.
 const RETRY: Duration = Duration::from_millis(200);
 
+/// KEYS: online, acks. ARGV: node, acks mode ('1', '0', or '' to leave it).
 const CLAIM: &str = r"
 local owner = redis.call('GET', KEYS[1])
 if not owner or owner == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1])
+  if ARGV[2] == '1' then redis.call('SET', KEYS[2], '1') elseif ARGV[2] == '0' then redis.call('DEL', KEYS[2]) end
   return '' end
 return owner";
+/// KEYS: online, acks. ARGV: node, dead owner, acks mode.
 const TAKE_OVER: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('SET', KEYS[1], ARGV[1])
+  if ARGV[3] == '1' then redis.call('SET', KEYS[2], '1') else redis.call('DEL', KEYS[2]) end
   return 1 end
 return 0";
+/// KEYS: online, acks. ARGV: node.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  return redis.call('DEL', KEYS[1]) end
 return 0";
+/// KEYS: online, acks. ARGV: payload.
 const ROUTE: &str = r"
 local owner = redis.call('GET', KEYS[1])
-if not owner then return 0 end
+if not owner or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local n = redis.call('PUBLISH', 'node:' .. owner, ARGV[1])
 if n == 0 and redis.call('GET', KEYS[1]) == owner then redis.call('DEL', KEYS[1]) end
 return n";
@@ -57,6 +68,18 @@ return 0";
 
 fn presence_key(user: UserId) -> String {
     format!("online:{user}")
+}
+
+fn acks_key(user: UserId) -> String {
+    format!("acks:{user}")
+}
+
+fn acks_arg(acks: Option<bool>) -> &'static str {
+    match acks {
+        Some(true) => "1",
+        Some(false) => "0",
+        None => "",
+    }
 }
 
 pub struct RedisBus {
@@ -109,7 +132,8 @@ fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: A
             let mut pipe = redis::pipe();
             for r in &batch {
                 let payload = format!("{} {}", r.user, r.msg);
-                pipe.cmd("EVALSHA").arg(script.get_hash()).arg(1).arg(presence_key(r.user)).arg(payload);
+                pipe.cmd("EVALSHA").arg(script.get_hash()).arg(2).arg(presence_key(r.user)).arg(acks_key(r.user));
+                pipe.arg(payload);
             }
             Ok(pipe.query(c)?)
         })();
@@ -201,9 +225,10 @@ impl RedisBus {
 }
 
 impl Bus for RedisBus {
-    fn claim(&self, user: UserId) -> Result<bool, BusError> {
-        let key = presence_key(user);
-        let owner: String = self.with(|c| self.scripts[0].key(&key).arg(&self.node).invoke(c))?;
+    fn claim(&self, user: UserId, acks: Option<bool>) -> Result<bool, BusError> {
+        let (key, acks_key, mode) = (presence_key(user), acks_key(user), acks_arg(acks));
+        let owner: String =
+            self.with(|c| self.scripts[0].key(&key).key(&acks_key).arg(&self.node).arg(mode).invoke(c))?;
         if owner.is_empty() {
             return Ok(true);
         }
@@ -212,18 +237,27 @@ impl Bus for RedisBus {
             return Ok(false);
         }
         log::info!("user {user}: taking over from dead node {owner}");
-        let taken: i64 = self.with(|c| self.scripts[1].key(&key).arg(&self.node).arg(&owner).invoke(c))?;
+        let taken: i64 = self.with(|c| {
+            self.scripts[1]
+                .key(&key)
+                .key(&acks_key)
+                .arg(&self.node)
+                .arg(&owner)
+                .arg(acks_arg(Some(acks == Some(true))))
+                .invoke(c)
+        })?;
         Ok(taken == 1)
     }
 
     fn release(&self, user: UserId) -> Result<(), BusError> {
-        self.with(|c| self.scripts[2].key(presence_key(user)).arg(&self.node).invoke::<i64>(c))?;
+        self.with(|c| self.scripts[2].key(presence_key(user)).key(acks_key(user)).arg(&self.node).invoke::<i64>(c))?;
         Ok(())
     }
 
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError> {
         let payload = format!("{user} {msg}");
-        let receivers: i64 = self.with(|c| self.scripts[3].key(presence_key(user)).arg(&payload).invoke(c))?;
+        let receivers: i64 =
+            self.with(|c| self.scripts[3].key(presence_key(user)).key(acks_key(user)).arg(&payload).invoke(c))?;
         Ok(receivers > 0)
     }
 
@@ -320,8 +354,15 @@ fn subscribe(
     if !first {
         let mut cmd_con = connect(client)?;
         for user in inbox.local_users() {
-            let claimed: Option<String> =
-                Script::new(CLAIM).key(presence_key(user)).arg(node).invoke(&mut cmd_con).ok();
+            // The acks key is left as it is: a Redis that lost it routes the session's messages
+            // through the bus again, where the node stores them first all the same.
+            let claimed: Option<String> = Script::new(CLAIM)
+                .key(presence_key(user))
+                .key(acks_key(user))
+                .arg(node)
+                .arg("")
+                .invoke(&mut cmd_con)
+                .ok();
             match claimed.as_deref() {
                 Some("") => inbox.drain(user),
                 Some(_) => {

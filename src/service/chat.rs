@@ -29,10 +29,13 @@ use crate::UserId;
 #[derive(Debug)]
 pub(crate) enum Event {
     Deliver(Delivery),
-    /// Fetch the mailbox of the session at `to` (messages were stored while it logged in).
+    /// Fetch the mailbox of the session at `to` (messages were stored while it logged in, or
+    /// the sweep found some): all of it, or with `newest`, only if the session has not read
+    /// that row yet.
     Drain {
         to: Loc,
         user: UserId,
+        newest: Option<u64>,
     },
     /// The job of the connection at `at` is done.
     JobDone {
@@ -58,7 +61,11 @@ impl Outlet for Router<Event> {
     }
 
     fn drain(&self, to: Loc, user: UserId) {
-        self.send(to.reactor, Event::Drain { to, user });
+        self.send(to.reactor, Event::Drain { to, user, newest: None });
+    }
+
+    fn fetch_after(&self, to: Loc, user: UserId, newest: u64) {
+        self.send(to.reactor, Event::Drain { to, user, newest: Some(newest) });
     }
 
     fn evict(&self, to: Loc) {
@@ -274,13 +281,16 @@ impl ChatHandler {
         }
     }
 
-    fn on_drain(&mut self, io: &mut impl Io<Self>, to: Loc, user: UserId) {
+    fn on_drain(&mut self, io: &mut impl Io<Self>, to: Loc, user: UserId, newest: Option<u64>) {
         if !io.running() {
             return; // the mailbox stays stored
         }
         match self.sessions.get_mut(to) {
             Some(s) if s.state.expects(user) => {
                 if let Some(acks) = &mut s.acks {
+                    if newest.is_some_and(|row| row <= acks.cursor) {
+                        return; // read already, waiting for its acknowledgement
+                    }
                     acks.more = true;
                 }
                 self.fetch_mailbox(io, to);
@@ -558,7 +568,7 @@ impl Handler for ChatHandler {
     fn on_message(&mut self, io: &mut impl Io<Self>, msg: Event) {
         match msg {
             Event::Deliver(d) => self.deliver(io, d),
-            Event::Drain { to, user } => self.on_drain(io, to, user),
+            Event::Drain { to, user, newest } => self.on_drain(io, to, user, newest),
             Event::JobDone { at, outcome } => self.on_job_done(io, at, outcome),
             Event::Logged(results) => self.on_logged(io, results),
             Event::Routed { from, result } => match self.routing.remove(&from) {

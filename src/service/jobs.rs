@@ -250,7 +250,7 @@ impl Service {
             return Ok(Err(Errno::AlreadyOnline));
         }
         let gather = || -> Result<Result<LoginData, Errno>, Unavailable> {
-            if !self.bus.claim(id)? {
+            if !self.bus.claim(id, Some(acks))? {
                 return Ok(Err(Errno::AlreadyOnline));
             }
             let friends = self.store.friends(id)?;
@@ -317,7 +317,7 @@ impl Service {
         self.bus.release(user)?;
         match self.presence.get(user) {
             None => self.store.set_state(user, false)?,
-            Some(loc) if self.bus.claim(user)? => outlet.drain(loc, user),
+            Some(loc) if self.bus.claim(user, None)? => outlet.drain(loc, user),
             Some(loc) => outlet.evict(loc),
         }
         Ok(())

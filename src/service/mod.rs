@@ -15,6 +15,7 @@ mod message_log;
 mod password;
 mod presence;
 mod session;
+mod sweep;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub(crate) use chat::{ChatHandler, Event};
 pub(crate) use message_log::{LogHandle, MessageLog};
 pub use presence::Presence;
 pub(crate) use session::SessionState;
+pub(crate) use sweep::Sweeper;
 
 pub use crate::net::Loc;
 
@@ -203,6 +205,8 @@ pub(crate) trait Outlet {
     fn deliver(&self, d: Delivery);
     /// Asks the session at `to` to fetch its mailbox.
     fn drain(&self, to: Loc, user: UserId);
+    /// As `drain`, unless the session has read mailbox row `newest` already.
+    fn fetch_after(&self, to: Loc, user: UserId, newest: u64);
     /// Closes the session at `to`: the user is live on another node.
     fn evict(&self, to: Loc);
 }

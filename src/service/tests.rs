@@ -280,7 +280,7 @@ fn held_deliveries_wait_behind_a_drain() {
     let stored = n.delivery(bob, alice, "stored");
     assert!(n.store.store_offline(alice, &[stored.trim_end()], None).unwrap());
     let here = n.service.presence().get(alice).expect("alice is live");
-    n.handle(Event::Drain { to: here, user: alice });
+    n.handle(Event::Drain { to: here, user: alice, newest: None });
     // Bob's next message, live from another reactor.
     n.handle(Event::Deliver(Delivery { to: here, user: alice, msg: n.delivery(bob, alice, "live") }));
     n.handle(login_done);
@@ -360,7 +360,7 @@ struct SlowBus {
 }
 
 impl Bus for SlowBus {
-    fn claim(&self, _user: UserId) -> Result<bool, BusError> {
+    fn claim(&self, _user: UserId, _acks: Option<bool>) -> Result<bool, BusError> {
         Ok(true)
     }
 
@@ -428,4 +428,40 @@ fn a_routed_chat_is_answered_by_the_bus() {
     assert_eq!(errnos, [json!(0), json!(0)]);
     assert!(acks[0]["mid"].as_u64() < acks[1]["mid"].as_u64(), "each has its mid: {acks:?}");
     assert_eq!(offline(&n.login(a, alice)), ["\"kept\""], "only what no node received is stored");
+}
+
+/// Invariant 12: a message stored for a live user whose notification was lost (no poke here)
+/// is found by the next sweep; a sweep with nothing new asks nobody, and an acks session is not
+/// asked again for a row it has read.
+#[test]
+fn the_sweep_finds_what_a_lost_notification_left_stored() {
+    let (mut n, a, alice, _b, bob) = alice_and_bob();
+    n.login(a, alice);
+    let mut cursor = super::sweep::Cursor::default();
+    assert_eq!(cursor.sweep(&n.service, &*n.router).unwrap(), 0, "nothing stored: nobody asked");
+    let stored = n.delivery(bob, alice, "stored");
+    assert!(n.store.store_offline(alice, &[stored.trim_end()], None).unwrap());
+    n.settle();
+    assert!(n.take_lines(a).is_empty(), "nothing told the session");
+    assert_eq!(cursor.sweep(&n.service, &*n.router).unwrap(), 1);
+    n.settle();
+    assert_eq!(msgs(&n.take_lines(a)), ["stored"]);
+    assert_eq!(cursor.sweep(&n.service, &*n.router).unwrap(), 0, "taken: nothing waits");
+
+    let c = n.connect();
+    let carol = n.register(c, "carol");
+    n.frame(c, json!({"msgid":1,"id":carol,"password":"pw","acks":true}));
+    n.settle();
+    let ack = n.take_lines(c);
+    assert_eq!(ack[0]["errno"], 0, "{ack:?}");
+    let stored =
+        json!({"msgid":6,"id":alice,"name":"alice","toid":carol,"msg":"for an acks session","time":"t","mid":77});
+    assert!(n.store.store_offline(carol, &[&stored.to_string()], None).unwrap());
+    cursor.sweep(&n.service, &*n.router).unwrap();
+    n.settle();
+    assert_eq!(msgs(&n.take_lines(c)), ["for an acks session"]);
+    cursor.sweep(&n.service, &*n.router).unwrap();
+    n.settle();
+    assert!(n.take_lines(c).is_empty(), "read, unacknowledged: not delivered twice");
+    assert_eq!(n.store.peek_offline(carol, 0, 10).unwrap().len(), 1, "kept until acknowledged");
 }

@@ -144,6 +144,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn waiting_mailboxes(&self, after: u64, limit: usize) -> StoreResult<Vec<(UserId, u64)>> {
+        let d = self.data.lock();
+        let mut waiting: Vec<(UserId, u64)> = d
+            .mailboxes
+            .iter()
+            .filter_map(|(&user, rows)| rows.back().filter(|(id, _)| *id > after).map(|&(id, _)| (user, id)))
+            .collect();
+        waiting.sort_unstable();
+        waiting.truncate(limit);
+        Ok(waiting)
+    }
+
     fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
         let mut d = self.data.lock();
         let mut out = Vec::with_capacity(batch.len());

@@ -198,6 +198,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn peek_offline(&self, user: UserId, after: u64, limit: usize) -> StoreResult<Vec<(u64, String)>>;
     /// Deletes rows of a user's mailbox; ids that are gone already are ignored.
     fn delete_offline(&self, user: UserId, ids: &[u64]) -> StoreResult<()>;
+    /// The users with mailbox rows after row `after`, each with its newest row id, by user id;
+    /// at most `limit` of them. Cheap when nothing was stored since `after`.
+    fn waiting_mailboxes(&self, after: u64, limit: usize) -> StoreResult<Vec<(UserId, u64)>>;
     /// Appends messages to the log in one transaction (all or none), in order, each under a
     /// fresh mid, unless its (sender, cid) was logged at or after `dedup_since` (ms) or earlier
     /// in the batch: then `Dup` with that message's mid, and nothing is stored.
@@ -281,6 +284,10 @@ pub(crate) mod tests {
         assert_eq!(rest.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(), ["3"]);
         s.delete_offline(b, &[rows[0].0]).unwrap();
         s.delete_offline(a, &[rows[1].0]).unwrap(); // not a's: nothing happens
+        assert_eq!(s.waiting_mailboxes(0, 10).unwrap(), vec![(b, rest[0].0)]);
+        assert_eq!(s.waiting_mailboxes(rows[0].0, 10).unwrap(), vec![(b, rest[0].0)]);
+        assert!(s.waiting_mailboxes(rest[0].0, 10).unwrap().is_empty());
+        assert!(s.waiting_mailboxes(0, 0).unwrap().is_empty());
         assert_eq!(s.take_offline(b).unwrap(), vec!["2", "3"]);
         assert!(s.take_offline(b).unwrap().is_empty());
         message_log(s, a, b, g);

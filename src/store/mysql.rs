@@ -257,6 +257,13 @@ impl Store for MysqlStore {
         })
     }
 
+    fn waiting_mailboxes(&self, after: u64, limit: usize) -> StoreResult<Vec<(UserId, u64)>> {
+        self.rows(
+            "SELECT userid, MAX(id) FROM OfflineMessage WHERE id > ? GROUP BY userid ORDER BY userid LIMIT ?",
+            (after, limit as u64),
+        )
+    }
+
     fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
         let logged = self.transaction(|tx| {
             // Earlier messages under the batch's cids, in one query per chunk.

@@ -287,6 +287,18 @@ impl Store for SqliteStore {
         })
     }
 
+    fn waiting_mailboxes(&self, after: u64, limit: usize) -> StoreResult<Vec<(UserId, u64)>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT userid, MAX(id) FROM OfflineMessage WHERE id > ?1 GROUP BY userid ORDER BY userid LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after as i64, limit as i64], |r| {
+                Ok((r.get::<_, UserId>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            rows.collect()
+        })
+    }
+
     fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
         let mut next_mid = self.next_mid.lock();
         self.with(|c| {
