@@ -85,8 +85,11 @@ fn login_ack(c: &mut Criterion) {
 fn route(c: &mut Criterion) {
     let presence = Presence::default();
     for user in 1..=10_000 {
-        presence
-            .insert_if_absent(user, Loc { reactor: (user % 2) as usize, token: user as usize, conn: u64::from(user) });
+        presence.insert_if_absent(
+            user,
+            Loc { reactor: (user % 2) as usize, token: user as usize, conn: u64::from(user) },
+            false,
+        );
     }
     let (tx, rx) = crossbeam_channel::unbounded::<Delivery>();
     let (name, msg, time) = ("a".into(), "hi".into(), "t".into());

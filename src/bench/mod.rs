@@ -17,6 +17,7 @@
 //! generator's thread wake-ups. `flood`, with fewer users each busy, keeps a thread per user.
 
 mod events;
+pub mod integrity;
 mod link;
 pub mod relay;
 

@@ -92,7 +92,7 @@ impl Handler for Relay {
             Some(MsgId::Register) => reply::registered(self.shared.next_id.fetch_add(1, Ordering::Relaxed), None),
             Some(MsgId::Login) => {
                 let Some(id) = user("id") else { return };
-                if !self.shared.presence.insert_if_absent(id, at) {
+                if !self.shared.presence.insert_if_absent(id, at, false) {
                     let errno = Errno::AlreadyOnline;
                     let _ = io.send(at, Out::Reply(reply::error(Some(1), None, errno, errno.message())));
                     return;

@@ -14,6 +14,9 @@ enum Kind {
     Idle,
     /// Serve the bare relay baseline on `--listen` (the transport without the chat).
     Relay,
+    /// Check that every acknowledged message arrives once and in order while faults happen
+    /// (`--users`, `--secs`, `--rate`, `--rst-every`); exits non-zero if any is lost.
+    Integrity,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -75,6 +78,21 @@ struct Args {
     /// (comma-separated): the nodes of a cluster, summed.
     #[arg(long, value_delimiter = ',')]
     pid: Vec<u32>,
+    /// integrity: users sending to random partners.
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    /// integrity: seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// integrity: most seconds the final drain may take.
+    #[arg(long, default_value_t = 30.0)]
+    drain: f64,
+    /// integrity: canonical sessions (no acks): what the kernel swallowed at a reset counts as lost.
+    #[arg(long)]
+    no_acks: bool,
+    /// integrity: one user resets its connection (RST) every this many milliseconds.
+    #[arg(long)]
+    rst_every: Option<u64>,
     /// idle, internal: run as one client process with this share, `INDEX:COUNT:TAG`.
     #[arg(long, hide = true)]
     share: Option<String>,
@@ -111,11 +129,14 @@ fn main() -> ExitCode {
         };
     }
     let addrs = addrs(&args);
+    if matches!(args.scenario, Kind::Integrity) {
+        return integrity(&args, addrs);
+    }
     let scenario = match args.scenario {
         Kind::Pingpong => Scenario::PingPong,
         Kind::Flood => Scenario::Flood { window: args.window.max(1) },
         Kind::Fanout => Scenario::Fanout { members: args.members, window: args.window.max(1) },
-        Kind::Idle | Kind::Relay => unreachable!("handled above"),
+        Kind::Idle | Kind::Relay | Kind::Integrity => unreachable!("handled above"),
     };
     let target = match args.target {
         System::Chat => Target::Chat,
@@ -179,6 +200,45 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn integrity(args: &Args, addrs: Vec<String>) -> ExitCode {
+    use chat::bench::integrity::{integrity, IntegrityPlan};
+    let secs = |s: f64| std::time::Duration::from_secs_f64(s.max(0.0));
+    let plan = IntegrityPlan {
+        addrs,
+        users: args.users,
+        duration: secs(args.secs),
+        rate: args.rate.unwrap_or(200.0),
+        drain: secs(args.drain),
+        acks: !args.no_acks,
+        rst_every: args.rst_every.map(std::time::Duration::from_millis),
+        progress: !args.json,
+    };
+    let r = match integrity(&plan) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chatbench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        println!(
+            "Integrity: {} attempted, {} acknowledged, {} delivered; lost {}, unexpected {}, duplicated {}, recovered {}, order violations {}; {} refused, {} reconnects, {} resets",
+            r.attempted, r.acknowledged, r.delivered, r.lost, r.unexpected, r.duplicated, r.recovered,
+            r.order_violations, r.refused, r.reconnects, r.resets
+        );
+        if !r.lost_examples.is_empty() {
+            println!("lost (sender:n): {}", r.lost_examples.join(" "));
+        }
+    }
+    if r.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// A reading summed over the given processes; `None` if there are none or one cannot be read.

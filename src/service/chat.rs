@@ -118,7 +118,7 @@ impl ChatHandler {
             session.sent.push_back(Sent::Logging);
             self.jobs_in_flight += 1;
             if let Err(accepted) = self.log.append(Accepted { at, seq, msg }) {
-                unlogged = Some(LogResult { accepted: *accepted, logged: None });
+                unlogged = Some(LogResult { accepted: *accepted, logged: None, again: false });
                 // the writer has stopped
             }
         }
@@ -374,7 +374,7 @@ impl ChatHandler {
             match session.sent.pop_front() {
                 Some(Sent::Answer(bytes)) => drop(io.send(at, Out::Reply(bytes))),
                 Some(Sent::Logged(r)) => {
-                    self.service.logged(r.accepted.seq, &r.accepted.msg, r.logged, &mut self.fx);
+                    self.service.logged(r.accepted.seq, &r.accepted.msg, r.logged, r.again, &mut self.fx);
                     let job = self.fx.job.take();
                     self.apply_effects(io, at);
                     if let Some(job) = job {
@@ -395,7 +395,7 @@ impl ChatHandler {
     /// A logged message whose sender has gone: delivered all the same, answered to nobody.
     fn settle_orphan(&mut self, io: &mut impl Io<Self>, r: LogResult) {
         let at = r.accepted.at;
-        self.service.logged(None, &r.accepted.msg, r.logged, &mut self.fx);
+        self.service.logged(None, &r.accepted.msg, r.logged, r.again, &mut self.fx);
         self.fx.replies.clear();
         let job = self.fx.job.take();
         self.apply_effects(io, at);
@@ -633,7 +633,11 @@ impl ChatHandler {
     /// A logged message that came back after the reactor stopped: a one-to-one message is
     /// stored for its recipient; a group message stays in the log (history) only.
     fn unsettled_at_exit(&self, r: &LogResult) {
-        let Some(Logged::Fresh(mid)) = r.logged else { return };
+        let mid = match r.logged {
+            Some(Logged::Fresh(mid)) => mid,
+            Some(Logged::Dup(mid)) if r.again => mid,
+            _ => return,
+        };
         let m = &r.accepted.msg;
         match m.to {
             Target::User(toid) => self.spill(vec![(toid, m.with_mid(mid).encode())]),

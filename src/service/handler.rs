@@ -98,13 +98,24 @@ impl Service {
     /// A chat message came back from the log. Durable under a fresh mid, it is delivered: to
     /// a recipient live here at once (the fast path), otherwise by a job. A duplicate `cid` is
     /// only acknowledged; a failed write is errno 10 and nobody sees the message.
-    pub(crate) fn logged(&self, seq: Option<Value>, m: &NewMessage, logged: Option<Logged>, fx: &mut Effects) {
+    pub(crate) fn logged(
+        &self,
+        seq: Option<Value>,
+        m: &NewMessage,
+        logged: Option<Logged>,
+        again: bool,
+        fx: &mut Effects,
+    ) {
         let req = match m.to {
             Target::User(_) => MsgId::OneChat,
             Target::Group(_) => MsgId::GroupChat,
         };
-        let mid = match logged {
-            Some(Logged::Fresh(mid)) => mid,
+        let (mid, dup) = match logged {
+            Some(Logged::Fresh(mid)) => (mid, false),
+            // A retry (the same cid) is answered with the first mid. It is delivered again only
+            // if this node did not log the first copy lately (`LogResult::again`): that copy's
+            // node may have died before delivering it. Recipients drop a mid shown already.
+            Some(Logged::Dup(mid)) if again => (mid, true),
             Some(Logged::Dup(mid)) => {
                 if let Some(seq) = &seq {
                     fx.replies.push(reply::sent(req, seq, mid, true));
@@ -120,26 +131,29 @@ impl Service {
         let msg = m.with_mid(mid).encode();
         let ack = |fx: &mut Effects| {
             if let Some(seq) = &seq {
-                fx.replies.push(reply::sent(req, seq, mid, false));
+                fx.replies.push(reply::sent(req, seq, mid, dup));
             }
         };
         match m.to {
-            Target::User(toid) => match self.presence.get(toid) {
-                Some(to) => {
+            // A session with acks gets the message stored before the sender is answered, so a
+            // crash cannot take it between the answer and the mailbox: on the pool, as for an
+            // offline user.
+            Target::User(toid) => match self.presence.session(toid) {
+                Some((to, false)) => {
                     fx.deliveries.push(Delivery { to, user: toid, msg });
                     ack(fx);
                 }
-                None => fx.job = Some(Job { seq, kind: JobKind::Chat { toid, msg, mid } }),
+                Some((_, true)) | None => fx.job = Some(Job { seq, kind: JobKind::Chat { toid, msg, mid, dup } }),
             },
             Target::Group(groupid) => match self.deliver_to_group_here(m.from, groupid, &msg, fx) {
                 true => ack(fx),
-                false => fx.job = Some(Job { seq, kind: JobKind::GroupChat { me: m.from, groupid, msg, mid } }),
+                false => fx.job = Some(Job { seq, kind: JobKind::GroupChat { me: m.from, groupid, msg, mid, dup } }),
             },
         }
     }
 
     /// The group fast path: when the member list is cached and every other member is live on
-    /// this node, the message goes out from the reactor, as a one-to-one message to a live user
+    /// this node in a session without acks, the message goes out from the reactor, as a one-to-one message to a live user
     /// does; pipelined messages then reach each member in one write. Otherwise (`false`) the
     /// pool reads the members, routes to other nodes and stores for offline members.
     fn deliver_to_group_here(&self, me: UserId, group: GroupId, msg: &Arc<str>, fx: &mut Effects) -> bool {
@@ -149,9 +163,9 @@ impl Service {
         }
         let start = fx.deliveries.len();
         for &user in members.iter().filter(|&&m| m != me) {
-            match self.presence.get(user) {
-                Some(to) => fx.deliveries.push(Delivery { to, user, msg: msg.clone() }),
-                None => {
+            match self.presence.session(user) {
+                Some((to, false)) => fx.deliveries.push(Delivery { to, user, msg: msg.clone() }),
+                Some((_, true)) | None => {
                     fx.deliveries.truncate(start);
                     return false;
                 }

@@ -47,6 +47,11 @@ impl JobKind {
         }
     }
 
+    /// Whether a logged chat message is a retry of one logged before.
+    pub(crate) fn dup(&self) -> bool {
+        matches!(self, JobKind::Chat { dup: true, .. } | JobKind::GroupChat { dup: true, .. })
+    }
+
     /// For logs.
     fn name(&self) -> &'static str {
         match self {
@@ -93,17 +98,18 @@ impl Service {
             reply: req.map(|r| reply::error(Some(r.code().into()), seq.as_ref(), errno, errmsg)),
             effect: Effect::None,
         };
-        let mid = job.kind.mid();
+        let (mid, dup) = (job.kind.mid(), job.kind.dup());
         let ok = |groupid| Outcome {
             reply: seq.as_ref().zip(req).map(|(seq, r)| match mid {
-                Some(mid) => reply::sent(r, seq, mid, false),
+                Some(mid) => reply::sent(r, seq, mid, dup),
                 None => reply::ok(r, seq, groupid),
             }),
             effect: Effect::None,
         };
-        // A logged message refused after all leaves the log, so history never shows it.
+        // A logged message refused after all leaves the log, so history never shows it (not
+        // a retry: its first copy may have reached someone).
         let refuse = |errno: Errno| -> Result<Outcome, Unavailable> {
-            if let Some(mid) = mid {
+            if let Some(mid) = mid.filter(|_| !dup) {
                 self.store.unlog(mid)?;
             }
             Ok(error(errno, errno.message()))
@@ -128,9 +134,11 @@ impl Service {
                     // The bus has said the user is live on no other node (see `Service::route`);
                     // it may have logged in here meanwhile. A live user exists: the database
                     // is asked only when storing.
-                    let delivered =
-                        self.presence.with(toid, |to| outlet.deliver(Delivery { to, user: toid, msg: msg.clone() }));
-                    if delivered.is_some() {
+                    // A session with acks here gets it stored first, then told (below).
+                    let delivered = self
+                        .presence
+                        .with_unacked(toid, |to| outlet.deliver(Delivery { to, user: toid, msg: msg.clone() }));
+                    if delivered.flatten().is_some() {
                         return Ok(ok(None));
                     }
                     if !self.store.user_exists(toid)? {
@@ -246,7 +254,7 @@ impl Service {
             return Ok(Err(Errno::Credentials));
         }
         let Some(user) = user else { return Ok(Err(Errno::Credentials)) };
-        if !self.presence.insert_if_absent(id, here) {
+        if !self.presence.insert_if_absent(id, here, acks) {
             return Ok(Err(Errno::AlreadyOnline));
         }
         let gather = || -> Result<Result<LoginData, Errno>, Unavailable> {
@@ -327,11 +335,15 @@ impl Service {
         self.presence.get(user).is_some() || self.bus.online_elsewhere(user).unwrap_or(false)
     }
 
-    /// Delivers `msg` to `user` if it is live on this node or another; `false`: it is not.
+    /// Delivers `msg` to `user` if it is live on this node or another; `false`: it is not, or
+    /// its session acknowledges deliveries (store it: the session reads it from its mailbox).
     fn deliver_live(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
         // Sent under the presence read lock: a session ending meanwhile still finds it queued.
-        let delivered = self.presence.with(user, |to| outlet.deliver(Delivery { to, user, msg: msg.clone() }));
-        Ok(delivered.is_some() || self.bus.route(user, msg)?)
+        match self.presence.with_unacked(user, |to| outlet.deliver(Delivery { to, user, msg: msg.clone() })) {
+            Some(Some(())) => Ok(true),
+            Some(None) => Ok(false), // a session with acks here: stored first
+            None => Ok(self.bus.route(user, msg)?),
+        }
     }
 
     /// Stores `msg` in `user`'s mailbox, in order with every other write to it. `false`: full.

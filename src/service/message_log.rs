@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::Event;
 use crate::net::{Loc, Router};
 use crate::proto::time::Clock;
-use crate::store::{Logged, NewMessage, Store};
+use crate::store::{Logged, Mid, NewMessage, Store};
 
 /// Most messages in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -40,6 +40,38 @@ pub(crate) struct Accepted {
 pub(crate) struct LogResult {
     pub(crate) accepted: Accepted,
     pub(crate) logged: Option<Logged>,
+    /// A retry whose first copy this node did not log lately: that copy may have been logged
+    /// by a node that died before delivering it, so this one is delivered (same mid).
+    pub(crate) again: bool,
+}
+
+/// The mids this node logged lately, to tell a client's retry of a message this node is
+/// delivering anyway from one whose first copy may have died with another node (or an
+/// earlier run of this one). Bounded: a retry older than that is delivered again, which costs
+/// a copy that recipients drop by its mid, never a loss.
+#[derive(Debug, Default)]
+pub(crate) struct RecentMids {
+    set: std::collections::HashSet<Mid>,
+    order: std::collections::VecDeque<Mid>,
+}
+
+impl RecentMids {
+    const CAPACITY: usize = 1 << 16;
+
+    fn insert(&mut self, mid: Mid) {
+        if self.set.insert(mid) {
+            self.order.push_back(mid);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, mid: Mid) -> bool {
+        self.set.contains(&mid)
+    }
 }
 
 /// Hands accepted messages to the writer. Any thread.
@@ -111,17 +143,24 @@ impl MessageLog {
 }
 
 fn write_loop(store: &dyn Store, rx: &Receiver<Accepted>, router: &Router<Event>, clock: &Clock) {
+    let mut recent = RecentMids::default();
     // Ends when every handle is gone (shutdown) and the queue is empty.
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         // Whatever queued while the last batch was being written goes in this one.
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        commit(store, batch, clock, router);
+        commit(store, batch, clock, router, &mut recent);
     }
 }
 
 /// Writes one batch and sends each result to its sender's reactor.
-pub(crate) fn commit(store: &dyn Store, batch: Vec<Accepted>, clock: &Clock, router: &Router<Event>) {
+pub(crate) fn commit(
+    store: &dyn Store,
+    batch: Vec<Accepted>,
+    clock: &Clock,
+    router: &Router<Event>,
+    recent: &mut RecentMids,
+) {
     let since = clock.now_ms().saturating_sub(DEDUP_WINDOW_MS);
     let msgs: Vec<&NewMessage> = batch.iter().map(|a| &a.msg).collect();
     let logged = match store.log_messages(&msgs, since) {
@@ -137,7 +176,15 @@ pub(crate) fn commit(store: &dyn Store, batch: Vec<Accepted>, clock: &Clock, rou
     };
     let mut by_reactor: HashMap<usize, Vec<LogResult>> = HashMap::new();
     for (accepted, logged) in batch.into_iter().zip(logged) {
-        by_reactor.entry(accepted.at.reactor).or_default().push(LogResult { accepted, logged });
+        let again = match logged {
+            Some(Logged::Fresh(mid)) => {
+                recent.insert(mid);
+                false
+            }
+            Some(Logged::Dup(mid)) => !recent.contains(mid),
+            None => false,
+        };
+        by_reactor.entry(accepted.at.reactor).or_default().push(LogResult { accepted, logged, again });
     }
     for (reactor, results) in by_reactor {
         router.send(reactor, Event::Logged(results));

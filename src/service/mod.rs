@@ -120,6 +120,8 @@ pub(crate) enum JobKind {
         toid: UserId,
         msg: Arc<str>,
         mid: Mid,
+        /// A retry of a message logged before (same cid): delivered again, answered `dup`.
+        dup: bool,
     },
     AddFriend {
         me: UserId,
@@ -140,6 +142,7 @@ pub(crate) enum JobKind {
         groupid: GroupId,
         msg: Arc<str>,
         mid: Mid,
+        dup: bool,
     },
     History {
         me: UserId,
@@ -314,7 +317,7 @@ impl Service {
                     .seq
                     .as_ref()
                     .zip(job.kind.mid())
-                    .map(|(seq, mid)| reply::sent(MsgId::OneChat, seq, mid, false)),
+                    .map(|(seq, mid)| reply::sent(MsgId::OneChat, seq, mid, job.kind.dup())),
                 effect: Effect::None,
             }),
             Ok(false) => None,

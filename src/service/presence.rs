@@ -12,9 +12,17 @@ use crate::UserId;
 
 const SHARDS: usize = 64;
 
+/// Where a user is live, and whether its session acknowledges deliveries (then every message
+/// for it is stored before the sender is answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Live {
+    loc: Loc,
+    acks: bool,
+}
+
 #[derive(Debug)]
 pub struct Presence {
-    shards: Box<[RwLock<HashMap<UserId, Loc>>]>,
+    shards: Box<[RwLock<HashMap<UserId, Live>>]>,
 }
 
 impl Default for Presence {
@@ -24,29 +32,41 @@ impl Default for Presence {
 }
 
 impl Presence {
-    fn shard(&self, user: UserId) -> &RwLock<HashMap<UserId, Loc>> {
+    fn shard(&self, user: UserId) -> &RwLock<HashMap<UserId, Live>> {
         &self.shards[user as usize % SHARDS]
     }
 
-    /// Registers `user` at `loc` unless it is already live; `false` if it was.
-    pub fn insert_if_absent(&self, user: UserId, loc: Loc) -> bool {
+    /// Registers `user` at `loc` unless it is already live; `false` if it was. `acks`: the
+    /// session acknowledges deliveries.
+    pub fn insert_if_absent(&self, user: UserId, loc: Loc, acks: bool) -> bool {
         let mut shard = self.shard(user).write();
         if shard.contains_key(&user) {
             return false;
         }
-        shard.insert(user, loc);
+        shard.insert(user, Live { loc, acks });
         true
     }
 
     pub fn get(&self, user: UserId) -> Option<Loc> {
-        self.shard(user).read().get(&user).copied()
+        self.shard(user).read().get(&user).map(|l| l.loc)
+    }
+
+    /// The user's location and whether its session acknowledges deliveries.
+    pub fn session(&self, user: UserId) -> Option<(Loc, bool)> {
+        self.shard(user).read().get(&user).map(|l| (l.loc, l.acks))
     }
 
     /// Runs `f` with the user's location under the shard's read lock. What `f` sends to the
     /// session's reactor is queued there before any `remove_with` of that user can finish.
     pub fn with<R>(&self, user: UserId, f: impl FnOnce(Loc) -> R) -> Option<R> {
         let shard = self.shard(user).read();
-        shard.get(&user).map(|&loc| f(loc))
+        shard.get(&user).map(|l| f(l.loc))
+    }
+
+    /// As `with`, for a session without acks only; `Some(None)`: live in a session with acks.
+    pub fn with_unacked<R>(&self, user: UserId, f: impl FnOnce(Loc) -> R) -> Option<Option<R>> {
+        let shard = self.shard(user).read();
+        shard.get(&user).map(|l| (!l.acks).then(|| f(l.loc)))
     }
 
     /// Removes `user` if still registered at `loc`, running `before` under the write lock first:
@@ -54,7 +74,7 @@ impl Presence {
     pub fn remove_with(&self, user: UserId, loc: Loc, before: impl FnOnce()) -> bool {
         let mut shard = self.shard(user).write();
         before();
-        if shard.get(&user) == Some(&loc) {
+        if shard.get(&user).is_some_and(|l| l.loc == loc) {
             shard.remove(&user);
             return true;
         }
@@ -64,7 +84,7 @@ impl Presence {
     /// Removes `user` only if it is still registered at `loc` (not a newer session).
     pub fn remove_if(&self, user: UserId, loc: Loc) -> bool {
         let mut shard = self.shard(user).write();
-        if shard.get(&user) == Some(&loc) {
+        if shard.get(&user).is_some_and(|l| l.loc == loc) {
             shard.remove(&user);
             return true;
         }
@@ -94,8 +114,10 @@ mod tests {
         let p = Presence::default();
         let a = Loc { reactor: 0, token: 1, conn: 1 };
         let b = Loc { reactor: 1, token: 1, conn: 2 };
-        assert!(p.insert_if_absent(7, a));
-        assert!(!p.insert_if_absent(7, b));
+        assert!(p.insert_if_absent(7, a, true));
+        assert!(!p.insert_if_absent(7, b, false));
+        assert_eq!(p.session(7), Some((a, true)));
+        assert_eq!(p.with_unacked(7, |_| ()), Some(None));
         assert!(!p.remove_if(7, b));
         assert_eq!(p.get(7), Some(a));
         assert!(p.remove_if(7, a));

@@ -113,6 +113,7 @@ struct Node {
     log: Receiver<Accepted>,
     router: Arc<Router<Event>>,
     clock: Clock,
+    recent: super::message_log::RecentMids,
 }
 
 impl Node {
@@ -132,7 +133,7 @@ impl Node {
         let (log_handle, log) = LogHandle::channel();
         let handler = ChatHandler::new(service.clone(), router.clone(), pool, log_handle);
         let io = FakeIo { conns: HashMap::new(), rx, deferred: VecDeque::new(), next: 0 };
-        Node { store, service, handler, io, tasks, log, router, clock }
+        Node { store, service, handler, io, tasks, log, router, clock, recent: Default::default() }
     }
 
     fn connect(&mut self) -> Loc {
@@ -175,7 +176,7 @@ impl Node {
         if batch.is_empty() {
             return false;
         }
-        super::message_log::commit(&*self.store, batch, &self.clock, &self.router);
+        super::message_log::commit(&*self.store, batch, &self.clock, &self.router, &mut self.recent);
         true
     }
 
@@ -464,4 +465,38 @@ fn the_sweep_finds_what_a_lost_notification_left_stored() {
     n.settle();
     assert!(n.take_lines(c).is_empty(), "read, unacknowledged: not delivered twice");
     assert_eq!(n.store.peek_offline(carol, 0, 10).unwrap().len(), 1, "kept until acknowledged");
+}
+
+/// Invariant 13 without a loss: a retry whose first copy this node did not log (another node
+/// logged it and died before delivering it) is answered with the first mid and delivered
+/// under it; a retry of a copy this node logged is only answered.
+#[test]
+fn a_retry_of_a_message_another_node_logged_is_delivered_under_its_mid() {
+    let (mut n, a, alice, b, bob) = alice_and_bob();
+    n.login(a, alice);
+    let first = crate::store::NewMessage {
+        from: alice,
+        name: "alice".into(),
+        to: crate::proto::message::Target::User(bob),
+        msg: "hello".into(),
+        time: "t".into(),
+        ts: n.clock.now_ms(),
+        cid: Some("c-1".into()),
+    };
+    let logged = n.store.log_messages(&[&first], 0).unwrap();
+    let crate::store::Logged::Fresh(mid) = logged[0] else { panic!("{logged:?}") };
+    n.frame(a, json!({"msgid":6,"toid":bob,"msg":"hello","cid":"c-1","seq":1}));
+    n.settle();
+    assert_eq!(n.take_lines(a), [json!({"msgid":11,"req":6,"seq":1,"errno":0,"mid":mid,"dup":true})]);
+    let got = n.take_lines(b);
+    assert_eq!((msgs(&got), &got[0]["mid"]), (vec!["hello"], &json!(mid)));
+    // Logged here: a second retry is answered, not delivered.
+    n.frame(a, json!({"msgid":6,"toid":bob,"msg":"again","cid":"c-2","seq":2}));
+    n.settle();
+    assert_eq!(msgs(&n.take_lines(b)), ["again"]);
+    n.take_lines(a);
+    n.frame(a, json!({"msgid":6,"toid":bob,"msg":"again","cid":"c-2","seq":3}));
+    n.settle();
+    assert_eq!(n.take_lines(a)[0]["dup"], true);
+    assert!(n.take_lines(b).is_empty());
 }
