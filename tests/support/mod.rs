@@ -141,8 +141,13 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(store: &str, extra: &[&str]) -> ServerProcess {
+        Self::spawn_on("127.0.0.1:0", store, extra)
+    }
+
+    /// As `spawn`, listening on `listen` (to restart a node where its clients look for it).
+    pub fn spawn_on(listen: &str, store: &str, extra: &[&str]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatserver"))
-            .args(["--listen", "127.0.0.1:0", "--threads", "2", "--hash-memory-kib", "256", "--hash-iterations", "1"])
+            .args(["--listen", listen, "--threads", "2", "--hash-memory-kib", "256", "--hash-iterations", "1"])
             .args(["--store", store])
             .args(extra)
             .env("RUST_LOG", std::env::var("CHAT_TEST_LOG").unwrap_or("warn".into()))

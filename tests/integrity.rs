@@ -1,0 +1,112 @@
+//! `chatbench integrity` against real servers while faults are injected: users in acks
+//! sessions send paced messages to random partners and survive their connections; every
+//! message a sender saw acknowledged must reach its recipient, once, in order. Short runs of
+//! each fault alone: client resets, a node `kill -9` and restart, Redis `kill -9` and restart,
+//! a graceful Redis restart.
+
+mod support;
+
+use std::net::TcpListener;
+use std::thread;
+use std::time::Duration;
+
+use chat::bench::integrity::{integrity, IntegrityPlan, IntegrityReport};
+use support::mariadb::MariaDb;
+use support::redis::RedisServer;
+use support::{ServerProcess, TestServer};
+
+fn plan(addrs: Vec<String>) -> IntegrityPlan {
+    IntegrityPlan {
+        addrs,
+        users: 12,
+        duration: Duration::from_secs(4),
+        rate: 300.0,
+        drain: Duration::from_secs(25),
+        acks: true,
+        rst_every: None,
+        progress: false,
+    }
+}
+
+/// Nothing lost, unexpected, doubled or reordered, and the run did something.
+fn assert_clean(r: &IntegrityReport) {
+    assert!(r.ok(), "{r:?}");
+    assert!(r.acknowledged > 600, "too little traffic to judge: {r:?}");
+    assert_eq!(r.delivered, r.acknowledged + r.recovered, "{r:?}");
+}
+
+/// A port below the ephemeral range, so no client connection takes it while its node is down.
+fn stable_port() -> u16 {
+    let seed = std::process::id() as u16;
+    (0..2000u16)
+        .map(|i| 20_000 + (seed.wrapping_add(i * 7)) % 10_000)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port")
+}
+
+/// Runs the plan on a thread while `faults` runs here.
+fn run_with(plan: IntegrityPlan, faults: impl FnOnce()) -> IntegrityReport {
+    let run = thread::spawn(move || integrity(&plan).expect("the users sign up"));
+    faults();
+    run.join().unwrap()
+}
+
+#[test]
+fn clients_that_reset_their_connections_lose_nothing() {
+    let s = TestServer::start();
+    let mut p = plan(vec![s.addr.to_string()]);
+    p.rst_every = Some(Duration::from_millis(100));
+    let r = run_with(p, || {});
+    assert_clean(&r);
+    assert!(r.resets >= 20 && r.reconnects >= r.resets, "{r:?}");
+}
+
+#[test]
+fn a_node_killed_and_restarted_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = support::fresh_store(dir.path());
+    let listen = format!("127.0.0.1:{}", stable_port());
+    let mut node = ServerProcess::spawn_on(&listen, &store, &[]);
+    let r = run_with(plan(vec![listen.clone()]), || {
+        thread::sleep(Duration::from_millis(1500));
+        node.signal("KILL");
+        let _ = node.child.wait();
+        thread::sleep(Duration::from_millis(300));
+        node = ServerProcess::spawn_on(&listen, &store, &[]);
+    });
+    assert_clean(&r);
+    assert!(r.reconnects >= 12, "every user came back: {r:?}");
+    drop(node);
+}
+
+/// Two nodes, users on both (most messages cross), Redis faulted by `fault`.
+fn cluster_with_redis_fault(fault: impl FnOnce(&mut RedisServer)) -> IntegrityReport {
+    let mut redis = RedisServer::start();
+    let store = MariaDb::shared().fresh_database();
+    let nodes: Vec<ServerProcess> = (0..2)
+        .map(|i| ServerProcess::spawn(&store, &["--bus", &redis.url(), "--node-id", &format!("{}-n{i}", redis.port)]))
+        .collect();
+    let addrs = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let r = run_with(plan(addrs), || {
+        thread::sleep(Duration::from_millis(1500));
+        fault(&mut redis);
+    });
+    drop(nodes);
+    r
+}
+
+#[test]
+fn redis_killed_and_restarted_empty_loses_nothing() {
+    let r = cluster_with_redis_fault(|redis| {
+        redis.stop(); // SIGKILL
+        thread::sleep(Duration::from_millis(500));
+        redis.start_again();
+    });
+    assert_clean(&r);
+}
+
+#[test]
+fn a_graceful_redis_restart_loses_nothing() {
+    let r = cluster_with_redis_fault(|redis| redis.restart());
+    assert_clean(&r);
+}
