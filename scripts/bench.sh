@@ -4,7 +4,7 @@
 #   and Redis pub/sub used as a chat relay (what many would pick instead).
 # Everything runs privately on free loopback ports under one temp dir, and is stopped at exit.
 #   scripts/bench.sh [OUTPUT]        (default OUTPUT: BENCHMARKS.md)
-# Knobs (environment): PAIRS, BIG_PAIRS, MESSAGES, FLOOD_MESSAGES, MEMBERS, FANOUT_MESSAGES,
+# Knobs (environment): PAIRS, BIG_PAIRS, MESSAGES, FLOOD_MESSAGES, MEMBERS, FANOUT_MESSAGES, ACKS_MESSAGES,
 # IDLE (sessions held; default: as many as the server's open-file limit allows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ MESSAGES=${MESSAGES:-2000}
 FLOOD_MESSAGES=${FLOOD_MESSAGES:-40000}
 MEMBERS=${MEMBERS:-1000}
 FANOUT_MESSAGES=${FANOUT_MESSAGES:-2000}
+ACKS_MESSAGES=${ACKS_MESSAGES:-500}
 
 if ! command -v redis-server >/dev/null 2>&1; then
     [ "$(id -u)" -eq 0 ] || { echo "bench.sh: redis-server is missing" >&2; exit 1; }
@@ -109,6 +110,12 @@ run "half-chat" chat "$chat_addr" "$chat_pid" pingpong --pairs "$PAIRS" --messag
 run "half-redis" redis "$redis_addr" "$redis_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
 # The same rate through the bare relay: what the tail owes to the transport.
 run "half-relay" chat "$relay_addr" "$relay_pid" pingpong --pairs "$PAIRS" --messages "$MESSAGES" --rate "$half"
+# Acknowledged sessions: every delivery is stored in the recipient's mailbox before its sender's
+# answer and read from there, and each user acknowledges what it received (msgid 12).
+run "acks-chat" chat "$chat_addr" "$chat_pid" pingpong --pairs "$PAIRS" --messages "$ACKS_MESSAGES" --acks
+ahalf=$(awk -v r="$(field acks-chat rate)" 'BEGIN { printf "%.0f", r / 2 }')
+run "acks-half-chat" chat "$chat_addr" "$chat_pid" pingpong --pairs "$PAIRS" --messages "$ACKS_MESSAGES" \
+    --rate "$ahalf" --acks
 
 # Idle sessions, on a fresh node (memory freed by the runs above would hide what sessions cost):
 # as many as its open-file limit allows, less a margin.
@@ -154,6 +161,7 @@ lat() { # lat LABEL NAME
     row "pingpong, $BIG_PAIRS pairs" pingpong1k
     row "flood, 50 pairs, window 64" flood
     row "fanout, 1 group of $MEMBERS, window 16" fanout
+    echo "| pingpong with acks, $PAIRS pairs | $(rate acks-chat) | – | – | – | – |"
     echo
     echo "## Latency (one-way, µs) and server CPU (µs per message delivered)"
     echo
@@ -167,6 +175,8 @@ lat() { # lat LABEL NAME
     lat "pingpong chat at $half msg/s (half of its peak)" half-chat
     lat "pingpong Redis at $half msg/s" half-redis
     lat "pingpong relay at $half msg/s" half-relay
+    lat "pingpong with acks" acks-chat
+    lat "pingpong with acks at $ahalf msg/s (half of its peak)" acks-half-chat
     echo
     echo "Fanout, time until the last member has a message (µs): chat p50 $(field fanout-chat last_member_p50_us),"
     echo "p99 $(field fanout-chat last_member_p99_us); Redis p50 $(field fanout-redis last_member_p50_us),"
@@ -182,6 +192,8 @@ lat() { # lat LABEL NAME
     echo "| pingpong ≥ 1.5× Redis pub/sub | $(ratio "$pp" "$ppx") | $(met "$(awk -v a="$pp" -v b="$ppx" 'BEGIN { print a / b }')" 1.5 ">=") |"
     echo "| pingpong p99 < 1 ms at half of peak | $(field half-chat p99_us) µs | $(met "$(field half-chat p99_us)" 999 "<=") |"
     echo "| flood ≥ 300,000 msg/s | $(rate flood-chat) | $(met "$(rate flood-chat)" 300000 ">=") |"
+    echo "| durable flood ≥ 250,000 msg/s | $(rate flood-chat) | $(met "$(rate flood-chat)" 250000 ">=") |"
+    echo "| pingpong with acks: p99 < 2 ms at half of peak | $(field acks-half-chat p99_us) µs | $(met "$(field acks-half-chat p99_us)" 1999 "<=") |"
     echo "| fanout to 1,000 members ≥ 500,000 deliveries/s | $(rate fanout-chat) | $(met "$(rate fanout-chat)" 500000 ">=") |"
     bytes=$(awk -v b="$(field idle server_bytes_per_session)" 'BEGIN { printf "%.0f", b }')
     echo "| idle: ≤ 4 KiB of server memory per session | $bytes B | $(met "$bytes" 4096 "<=") |"

@@ -9,7 +9,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::TestServer;
+use support::{ServerProcess, TestServer};
 
 struct ClientProc {
     child: Child,
@@ -19,8 +19,13 @@ struct ClientProc {
 
 impl ClientProc {
     fn spawn(addr: &str) -> ClientProc {
+        Self::spawn_with(addr, &[])
+    }
+
+    fn spawn_with(addr: &str, extra: &[&str]) -> ClientProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatclient"))
             .args(["--addr", addr])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -170,9 +175,13 @@ fn bytes_on_the_wire_follow_the_protocol() {
     writer.write_all(br#"{"errno":0,"id":5,"msgid":5}"#).unwrap();
     assert_eq!(c.next(), "registered\t5");
     c.type_lines("1\n5\ns3cret\n");
-    assert_eq!(read(), json!({"msgid":1,"id":5,"password":"s3cret"}));
+    // The client asks for acks; a canonical server ignores the key and answers without it.
+    assert_eq!(read(), json!({"msgid":1,"id":5,"password":"s3cret","acks":true}));
     writer.write_all(br#"{"errno":0,"id":5,"msgid":2,"name":"carol"}"#).unwrap();
     assert_eq!(c.next(), "loggedin\t5\tcarol");
+    // So the client acknowledges nothing: the next line it writes is the chat typed below.
+    writer.write_all(br#"{"msgid":6,"id":7,"name":"dan","toid":5,"msg":"m","time":"t","mid":3}"#).unwrap();
+    assert!(c.next().starts_with("chat\t7\tdan\t"));
     c.type_lines("chat:7:hi\naddfriend:7\ncreategroup:g:d\naddgroup:3\ngroupchat:3:yo\nloginout\n");
     let chat = read();
     let time = chat["time"].as_str().unwrap().to_owned();
@@ -195,4 +204,52 @@ fn bytes_on_the_wire_follow_the_protocol() {
     assert_eq!(c.expect("loggedout"), ["loggedout"]);
     c.type_lines("3\n");
     assert!(c.child.wait().unwrap().success());
+}
+
+/// With `--reconnect`, a node killed and restarted costs nothing: both clients connect and log
+/// in again by themselves, a message typed while the node was down goes out once it is back,
+/// and every message is shown exactly once.
+#[test]
+fn with_reconnect_a_node_restart_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = support::fresh_store(dir.path());
+    let listen = format!("127.0.0.1:{}", support::stable_port());
+    let mut node = ServerProcess::spawn_on(&listen, &store, &[]);
+    let mut a = ClientProc::spawn_with(&listen, &["--reconnect"]);
+    let mut b = ClientProc::spawn_with(&listen, &["--reconnect"]);
+    a.type_lines("2\nalice\npw\n1\n1\npw\n");
+    assert_eq!(a.expect("loggedin"), ["loggedin", "1", "alice"]);
+    b.type_lines("2\nbob\npw\n1\n2\npw\n");
+    assert_eq!(b.expect("loggedin"), ["loggedin", "2", "bob"]);
+    a.type_lines("chat:2:one\n");
+    assert_eq!(a.next(), "ok\t1\tchat");
+    assert_eq!(b.expect("chat\t")[4], "one");
+    node.signal("KILL");
+    let _ = node.child.wait();
+    a.expect("reconnecting");
+    b.expect("reconnecting");
+    a.type_lines("chat:2:two\n"); // the node is down
+    std::thread::sleep(Duration::from_millis(300));
+    node = ServerProcess::spawn_on(&listen, &store, &[]);
+    assert_eq!(a.expect("reconnected"), ["reconnected", "1"]);
+    assert_eq!(a.expect("ok\t2\t"), ["ok", "2", "chat"]);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + support::TIMEOUT;
+    while Instant::now() < deadline && !got.contains(&"three".to_owned()) {
+        if got.contains(&"two".to_owned()) && got.len() == 1 {
+            a.type_lines("chat:2:three\n");
+            got.push(String::new()); // sent once
+        }
+        match b.lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("chat\t1\talice") => got.push(line.rsplit('\t').next().unwrap().to_owned()),
+            _ => {}
+        }
+    }
+    got.retain(|m| !m.is_empty());
+    assert_eq!(got, ["two", "three"], "each once, in order");
+    for c in [&mut a, &mut b] {
+        c.type_lines("3\n");
+        drop(c.stdin.take());
+    }
+    drop(node);
 }

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
 
@@ -35,15 +34,6 @@ fn assert_clean(r: &IntegrityReport) {
     assert_eq!(r.delivered, r.acknowledged + r.recovered, "{r:?}");
 }
 
-/// A port below the ephemeral range, so no client connection takes it while its node is down.
-fn stable_port() -> u16 {
-    let seed = std::process::id() as u16;
-    (0..2000u16)
-        .map(|i| 20_000 + (seed.wrapping_add(i * 7)) % 10_000)
-        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port")
-}
-
 /// Runs the plan on a thread while `faults` runs here.
 fn run_with(plan: IntegrityPlan, faults: impl FnOnce()) -> IntegrityReport {
     let run = thread::spawn(move || integrity(&plan).expect("the users sign up"));
@@ -65,7 +55,7 @@ fn clients_that_reset_their_connections_lose_nothing() {
 fn a_node_killed_and_restarted_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = support::fresh_store(dir.path());
-    let listen = format!("127.0.0.1:{}", stable_port());
+    let listen = format!("127.0.0.1:{}", support::stable_port());
     let mut node = ServerProcess::spawn_on(&listen, &store, &[]);
     let r = run_with(plan(vec![listen.clone()]), || {
         thread::sleep(Duration::from_millis(1500));

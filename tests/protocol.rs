@@ -263,6 +263,25 @@ fn full_mailbox_is_errno_12() {
     let r = a.request(json!({"msgid":6,"toid":idb,"msg":"x","seq":3}));
     assert_eq!(r, json!({"msgid":11,"req":6,"seq":3,"errno":12,"errmsg":"recipient's offline mailbox is full"}));
     assert_eq!(decoded(&b.login_ok(idb, "pw"), "offlinemsg").len(), 3);
+    // A group message is accepted for the others; the answer names whom it could not reach.
+    let (mut c, idc) = s.user("carol");
+    let (mut d, idd) = s.user("dave");
+    let g = c.request(json!({"msgid":8,"id":idc,"groupname":"g","groupdesc":"d","seq":1}))["groupid"].clone();
+    for (client, id) in [(&mut a, ida), (&mut d, idd)] {
+        let joined = client.request(json!({"msgid":9,"groupid":g,"seq":1,"id":id}));
+        assert_eq!(joined["errno"], 0, "{joined}");
+    }
+    d.logout();
+    for i in 0..3 {
+        let r = c.request(json!({"msgid":10,"id":idc,"groupid":g,"msg":format!("g{i}"),"seq":i}));
+        assert_eq!((&r["errno"], r.get("full")), (&json!(0), None), "{r}");
+        assert_eq!(a.recv()["msg"], format!("g{i}"));
+    }
+    let r = c.request(json!({"msgid":10,"id":idc,"groupid":g,"msg":"g3","seq":3}));
+    assert_eq!((&r["errno"], &r["full"]), (&json!(0), &json!([idd])), "{r}");
+    assert_eq!(a.recv()["msg"], "g3", "the others get it");
+    let stored = decoded(&d.login_ok(idd, "pw"), "offlinemsg");
+    assert_eq!(stored.iter().map(|m| m["msg"].as_str().unwrap()).collect::<Vec<_>>(), ["g0", "g1", "g2"]);
 }
 
 #[test]

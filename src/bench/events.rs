@@ -31,14 +31,17 @@ struct Pair {
 }
 
 /// Runs `pairs` (each with its own pace) to `messages` round trips on this thread. Latency of
-/// both directions goes into one tally, as with the thread-per-user generator.
+/// both directions goes into one tally, as with the thread-per-user generator. With `acks`,
+/// each user acknowledges what it received in one msgid 12 per readiness event.
 pub(super) fn pingpong(
     pairs: Vec<(Link, u32, Link, u32, Pace)>,
     messages: usize,
     pad: &str,
     start: Instant,
     mut count: Counter,
+    acks: bool,
 ) -> io::Result<Tally> {
+    let mut mids: Vec<u64> = Vec::new();
     let mut tally = Tally::new()?;
     let mut poll = Poll::new()?;
     let mut state: Vec<Pair> = Vec::with_capacity(pairs.len());
@@ -79,6 +82,7 @@ pub(super) fn pingpong(
             if is_a {
                 // Answers to `a`: the round trip is over; the next message when it is due.
                 while let Some(d) = p.a.0.try_delivery()? {
+                    mids.extend(d.mid.filter(|_| acks));
                     tally.record(start, d)?;
                     count.tick();
                     p.answered += 1;
@@ -89,16 +93,24 @@ pub(super) fn pingpong(
                         due.push(Reverse((at, k)));
                     }
                 }
+                if !mids.is_empty() {
+                    p.a.0.acknowledge(&mids);
+                    p.a.0.flush_nonblocking()?;
+                    mids.clear();
+                }
             } else {
                 // Messages to `b`: answered at once.
                 let ida = p.a.1;
                 let mut answered = false;
                 while let Some(d) = p.b.0.try_delivery()? {
+                    mids.extend(d.mid.filter(|_| acks));
                     tally.record(start, d)?;
                     count.tick();
                     p.b.0.chat(ida, &body(now_us(), d.n, pad), None);
                     answered = true;
                 }
+                p.b.0.acknowledge(&mids);
+                mids.clear();
                 if answered {
                     p.b.0.flush_nonblocking()?;
                 }

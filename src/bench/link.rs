@@ -21,6 +21,8 @@ use crate::proto::{peek, MsgId, Request};
 pub struct Delivered {
     pub sent_us: u64,
     pub n: usize,
+    /// The server's message id, for an acknowledgement (msgid 12).
+    pub mid: Option<u64>,
 }
 
 /// A message body: `"SENT_US N PAD"`.
@@ -32,7 +34,7 @@ fn parse_body(text: &[u8]) -> Option<Delivered> {
     let mut words = text.splitn(3, |&b| b == b' ');
     let sent_us = std::str::from_utf8(words.next()?).ok()?.parse().ok()?;
     let n = std::str::from_utf8(words.next()?).ok()?.parse().ok()?;
-    Some(Delivered { sent_us, n })
+    Some(Delivered { sent_us, n, mid: None })
 }
 
 pub fn err(msg: impl Into<String>) -> io::Error {
@@ -163,11 +165,12 @@ impl ChatLink {
         }
     }
 
-    /// Registers a fresh user and logs it in; returns its id.
-    pub fn sign_up(&mut self, name: &str, password: &str) -> io::Result<u32> {
+    /// Registers a fresh user and logs it in (`acks`: a session that acknowledges deliveries);
+    /// returns its id.
+    pub fn sign_up(&mut self, name: &str, password: &str, acks: bool) -> io::Result<u32> {
         let register = Request::Register { name: name.to_owned(), password: password.to_owned() };
         let id = self.request(&register, None)?.id.ok_or_else(|| err("register: no id"))?;
-        self.request(&Request::Login { id, password: password.to_owned(), acks: false }, None)?;
+        self.request(&Request::Login { id, password: password.to_owned(), acks }, None)?;
         Ok(id)
     }
 
@@ -410,7 +413,23 @@ impl Link {
             Link::Redis(r) => r.message()?,
         };
         let at = memchr::memmem::find(line, b"\"msg\":\"").ok_or_else(|| err("a delivery without msg"))? + 7;
-        parse_body(&line[at..]).ok_or_else(|| err("a delivery with a foreign body"))
+        let mid = peek::number(line, "mid");
+        let d = parse_body(&line[at..]).ok_or_else(|| err("a delivery with a foreign body"))?;
+        Ok(Delivered { mid, ..d })
+    }
+
+    /// Queues an acknowledgement of these deliveries (chat only; msgid 12, no answer).
+    pub fn acknowledge(&mut self, mids: &[u64]) {
+        if let (Link::Chat(c), false) = (self, mids.is_empty()) {
+            c.out.extend_from_slice(b"{\"msgid\":12,\"mids\":[");
+            for (i, mid) in mids.iter().enumerate() {
+                if i > 0 {
+                    c.out.push(b',');
+                }
+                c.out.extend_from_slice(mid.to_string().as_bytes());
+            }
+            c.out.extend_from_slice(b"]}\n");
+        }
     }
 
     /// Takes the acknowledgements already received, without waiting; returns how many.
@@ -452,7 +471,7 @@ mod tests {
     #[test]
     fn bodies_round_trip() {
         let b = body(1234, 56, "xx");
-        assert_eq!(parse_body(b.as_bytes()), Some(Delivered { sent_us: 1234, n: 56 }));
+        assert_eq!(parse_body(b.as_bytes()), Some(Delivered { sent_us: 1234, n: 56, mid: None }));
         assert_eq!(parse_body(b"nope"), None);
     }
 

@@ -63,6 +63,8 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// Draw progress bars on stderr (when it is a terminal).
     pub progress: bool,
+    /// pingpong on the chat: sessions that acknowledge deliveries (msgid 12).
+    pub acks: bool,
 }
 
 #[derive(Debug)]
@@ -139,7 +141,7 @@ fn users(plan: &Plan, count: usize, groups_of: Option<usize>) -> io::Result<Vec<
         let user = match plan.target {
             Target::Chat => {
                 let mut c = ChatLink::open(addr)?;
-                let id = c.sign_up(&format!("{tag}-{i}"), "bench")?;
+                let id = c.sign_up(&format!("{tag}-{i}"), "bench", plan.acks)?;
                 (Link::Chat(c), id)
             }
             Target::Redis => {
@@ -299,11 +301,11 @@ fn pingpong(plan: &Plan) -> io::Result<Report> {
     let delivered = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for share in shares {
-        let (barrier, pad, messages) = (barrier.clone(), pad.clone(), plan.messages);
+        let (barrier, pad, messages, acks) = (barrier.clone(), pad.clone(), plan.messages, plan.acks);
         let count = Counter { shared: delivered.clone(), local: 0 };
         threads.push(spawn(move || {
             barrier.wait();
-            events::pingpong(share, messages, &pad, start, count)
+            events::pingpong(share, messages, &pad, start, count, acks)
         })?);
     }
     let total = (plan.pairs * 2 * plan.messages) as u64;
@@ -449,7 +451,7 @@ pub fn idle_share(addr: &str, source: std::net::Ipv4Addr, tag: &str, count: usiz
         let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut c = ChatLink::from_stream(stream)?;
-        c.sign_up(&format!("{tag}-{i}"), "idle")?;
+        c.sign_up(&format!("{tag}-{i}"), "idle", false)?;
         held.push(c.into_stream());
     }
     Ok(held)

@@ -65,6 +65,9 @@ struct Args {
     /// relay: reactor threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// pingpong on the chat: log in with acks and acknowledge every delivery (msgid 12).
+    #[arg(long)]
+    acks: bool,
     /// Print one JSON line instead of the summary.
     #[arg(long)]
     json: bool,
@@ -151,7 +154,12 @@ fn main() -> ExitCode {
         size: args.size,
         rate: args.rate,
         progress: !args.json,
+        acks: args.acks,
     };
+    if args.acks && !(matches!(args.scenario, Kind::Pingpong) && matches!(args.target, System::Chat)) {
+        eprintln!("chatbench: --acks is for pingpong against the chat");
+        return ExitCode::FAILURE;
+    }
     let cpu_before = total(&args.pid, chat::bench::cpu_time);
     let report = match run(&plan) {
         Ok(r) => r,
@@ -167,7 +175,7 @@ fn main() -> ExitCode {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"scenario": format!("{:?}", args.scenario).to_lowercase(),
+            serde_json::json!({"scenario": format!("{:?}", args.scenario).to_lowercase(), "acks": args.acks,
                 "target": format!("{:?}", args.target).to_lowercase(), "pairs": args.pairs,
                 "members": matches!(args.scenario, Kind::Fanout).then_some(args.members),
                 "delivered": report.delivered, "seconds": report.seconds, "rate": report.rate(),

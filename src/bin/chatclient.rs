@@ -20,6 +20,10 @@ struct Args {
     /// Server port, with HOST.
     #[arg(requires = "host")]
     port: Option<u16>,
+    /// When the connection is lost while logged in, connect again, log in again and resend
+    /// the messages whose outcome had not come (nothing is lost or shown twice).
+    #[arg(long)]
+    reconnect: bool,
 }
 
 /// A terminal: line editing and history; incoming messages printed above the line being typed.
@@ -103,9 +107,9 @@ fn main() -> ExitCode {
             }
         };
         let out = Arc::new(TerminalOutput(Mutex::new(printer)));
-        client::run(&addr, Style::Human, &mut Terminal { editor }, out, exit)
+        client::run(&addr, Style::Human, args.reconnect, &mut Terminal { editor }, out, exit)
     } else {
-        client::run(&addr, Style::Script, &mut Script(std::io::stdin().lock()), Arc::new(Stdout), exit)
+        client::run(&addr, Style::Script, args.reconnect, &mut Script(std::io::stdin().lock()), Arc::new(Stdout), exit)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,6 +48,8 @@ struct Ack<'a> {
     messages: Option<Vec<Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     more: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full: Option<&'a [UserId]>,
 }
 
 impl Ack<'_> {
@@ -64,6 +66,7 @@ impl Ack<'_> {
             dup: None,
             messages: None,
             more: None,
+            full: None,
         }
     }
 }
@@ -93,6 +96,14 @@ pub fn ok(req: MsgId, seq: &Value, groupid: Option<GroupId>) -> Vec<u8> {
 /// The success `ACK_MSG` of a chat: its `mid`, and `dup` when the `cid` had been accepted before.
 pub fn sent(req: MsgId, seq: &Value, mid: u64, dup: bool) -> Vec<u8> {
     let ack = Ack { req: Some(req.code().into()), seq: Some(seq), mid: Some(mid), ..Ack::new(MsgId::Ack, Errno::Ok) };
+    encode(&Ack { dup: dup.then_some(true), ..ack })
+}
+
+/// A group message accepted but not stored for these offline members: their mailboxes are
+/// full (they find it in the group's history).
+pub fn group_sent_but_full(seq: &Value, mid: u64, dup: bool, full: &[UserId]) -> Vec<u8> {
+    let req = Some(MsgId::GroupChat.code().into());
+    let ack = Ack { req, seq: Some(seq), mid: Some(mid), full: Some(full), ..Ack::new(MsgId::Ack, Errno::Ok) };
     encode(&Ack { dup: dup.then_some(true), ..ack })
 }
 
@@ -265,6 +276,8 @@ pub struct Welcome {
     pub groups: Vec<Group>,
     /// Messages stored while the user was away, oldest first.
     pub offline: Vec<ChatMessage<'static>>,
+    /// The session acknowledges deliveries (msgid 12); what waits follows the ack.
+    pub acks: bool,
 }
 
 fn decoded<T: serde::de::DeserializeOwned>(entries: &[String]) -> Vec<T> {
@@ -307,6 +320,7 @@ pub fn decode(frame: &[u8]) -> Option<Reply> {
                         .iter()
                         .filter_map(|m| ChatMessage::decode(m).map(ChatMessage::into_owned))
                         .collect(),
+                    acks: object.get("acks") == Some(&Value::Bool(true)),
                 }),
                 _ => None,
             };

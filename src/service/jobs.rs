@@ -177,14 +177,22 @@ impl Service {
                     if !members.contains(&me) {
                         return refuse(Errno::NotMember);
                     }
+                    let mut full = Vec::new();
                     for member in members.into_iter().filter(|&m| m != me) {
                         if !(self.deliver_live(member, &msg, outlet)? || self.store_offline(member, &msg, outlet)?) {
-                            log::warn!("group {groupid}: mailbox of user {member} is full; message not stored");
+                            full.push(member);
                         }
                     }
                     // Members are served one after the other: a sender's group messages reach
-                    // each member in order, as one-to-one messages do.
-                    ok(None)
+                    // each member in order, as one-to-one messages do. Members whose mailbox is
+                    // full are named in the answer (the message is in the group's history).
+                    match (full.is_empty(), &seq, mid) {
+                        (false, Some(seq), Some(mid)) => Outcome {
+                            reply: Some(reply::group_sent_but_full(seq, mid, dup, &full)),
+                            effect: Effect::None,
+                        },
+                        _ => ok(None),
+                    }
                 }
                 JobKind::History { me, with, before, limit } => {
                     match with {

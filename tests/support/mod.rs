@@ -282,6 +282,16 @@ pub fn decoded(ack: &Value, key: &str) -> Vec<Value> {
         .map_or(Vec::new(), |a| a.iter().map(|s| serde_json::from_str(s.as_str().unwrap()).unwrap()).collect())
 }
 
+/// A free port below the ephemeral range, so no client connection takes it while the node
+/// listening there is down (for restarts on the same address).
+pub fn stable_port() -> u16 {
+    let seed = std::process::id() as u16;
+    (0..2000u16)
+        .map(|i| 20_000 + seed.wrapping_add(i.wrapping_mul(7)) % 10_000)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port")
+}
+
 /// Retries `f` until it returns `Some`, for at most `TIMEOUT`.
 pub fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
     let t = Instant::now();
