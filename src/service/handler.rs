@@ -97,7 +97,8 @@ impl Service {
 
     /// A chat message came back from the log. Durable under a fresh mid, it is delivered: to
     /// a recipient live here at once (the fast path), otherwise by a job. A duplicate `cid` is
-    /// only acknowledged; a failed write is errno 10 and nobody sees the message.
+    /// acknowledged with the first mid, and delivered again only with `again` (see below); a
+    /// failed write is errno 10 and nobody sees the message.
     pub(crate) fn logged(
         &self,
         seq: Option<Value>,
