@@ -16,6 +16,11 @@ const MAX_IOVECS: usize = 64;
 /// if they never reach the peer (see [`super::Handler::on_close`]).
 pub(crate) trait Outbound {
     fn bytes(&self) -> &[u8];
+    /// Kept after it is written until the peer's TCP stack has acknowledged its last byte, so
+    /// that a connection that dies first gives it back as unsent.
+    fn needs_peer_ack(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +36,14 @@ pub(super) enum State {
 /// The queued output of one connection, gathered into `writev` calls.
 ///
 /// ```text
-///   front (partly written: out_front bytes done) │ item │ item │ … │ back
-///   └────────── out_bytes counts every item whole ───────────────┘
+///   unconfirmed (written, peer's ack not seen) ║ front (front_done bytes written) │ item │ … │ back
+///                                              ║ └─────── bytes counts every item whole ──────┘
 /// ```
+///
+/// A write only puts bytes in the kernel's send queue: a peer that vanishes or resets loses
+/// whatever its TCP stack never acknowledged. Items that matter ([`Outbound::needs_peer_ack`])
+/// therefore wait in `unconfirmed`, with the stream offset of their last byte, until the
+/// kernel's count of acknowledged bytes passes it.
 #[derive(Debug)]
 pub(super) struct OutQueue<O> {
     items: VecDeque<O>,
@@ -41,11 +51,30 @@ pub(super) struct OutQueue<O> {
     bytes: usize,
     /// Bytes of the front item already written.
     front_done: usize,
+    /// Bytes ever written to the socket.
+    written: u64,
+    /// Written items that need the peer's acknowledgement, each with its end offset.
+    unconfirmed: VecDeque<(u64, O)>,
 }
 
 impl<O: Outbound> OutQueue<O> {
     pub(super) fn new() -> Self {
-        OutQueue { items: VecDeque::new(), bytes: 0, front_done: 0 }
+        OutQueue { items: VecDeque::new(), bytes: 0, front_done: 0, written: 0, unconfirmed: VecDeque::new() }
+    }
+
+    /// `true` while some written item waits for the peer's acknowledgement.
+    pub(super) fn awaits_peer(&self) -> bool {
+        !self.unconfirmed.is_empty()
+    }
+
+    /// Forgets the written items the peer has acknowledged: `acked` bytes of the stream.
+    pub(super) fn confirm(&mut self, acked: u64) {
+        while self.unconfirmed.front().is_some_and(|(end, _)| *end <= acked) {
+            self.unconfirmed.pop_front();
+        }
+        if self.unconfirmed.is_empty() && self.unconfirmed.capacity() > 16 {
+            self.unconfirmed = VecDeque::new();
+        }
     }
 
     pub(super) fn push(&mut self, out: O) {
@@ -88,6 +117,7 @@ impl<O: Outbound> OutQueue<O> {
     }
 
     fn advance(&mut self, mut written: usize) {
+        self.written += written as u64;
         while let Some(front) = self.items.front() {
             let len = front.bytes().len();
             let left = len - self.front_done;
@@ -98,16 +128,21 @@ impl<O: Outbound> OutQueue<O> {
             written -= left;
             self.bytes -= len;
             self.front_done = 0;
-            self.items.pop_front();
+            if let Some(done) = self.items.pop_front().filter(Outbound::needs_peer_ack) {
+                let end = self.written - written as u64;
+                self.unconfirmed.push_back((end, done));
+            }
         }
     }
 
-    /// Every item not yet fully written. A partly written one counts as unsent: the peer cannot
-    /// use half a frame.
-    pub(super) fn take(&mut self) -> Vec<O> {
+    /// Every item the peer has not received whole: those written but not acknowledged by its
+    /// TCP stack (`acked` bytes were), then those not yet fully written. A partly received one
+    /// counts as unsent: the peer cannot use half a frame.
+    pub(super) fn take(&mut self, acked: u64) -> Vec<O> {
+        self.confirm(acked);
         self.bytes = 0;
         self.front_done = 0;
-        self.items.drain(..).collect()
+        self.unconfirmed.drain(..).map(|(_, o)| o).chain(self.items.drain(..)).collect()
     }
 }
 
@@ -153,6 +188,7 @@ impl<O: Outbound> Conn<O> {
     /// Writes queued output; once a lingering connection's answer is out, shuts down our side.
     pub(super) fn flush(&mut self) -> io::Result<()> {
         self.out.write_to(&mut self.stream)?;
+        self.confirm_received();
         if self.out.is_empty() && matches!(self.state, State::Lingering { .. }) && !self.write_shut {
             self.write_shut = true;
             let _ = self.stream.shutdown(Shutdown::Write);
@@ -160,10 +196,43 @@ impl<O: Outbound> Conn<O> {
         Ok(())
     }
 
+    /// Forgets written items the peer has acknowledged; `true` if some are still waiting.
+    pub(super) fn confirm_received(&mut self) -> bool {
+        if self.out.awaits_peer() {
+            self.out.confirm(bytes_acked(&self.stream));
+        }
+        self.out.awaits_peer()
+    }
+
     /// Releases input buffer memory once nothing is pending.
     pub(super) fn compact_input(&mut self) {
         if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
             self.inbuf = Vec::new();
+        }
+    }
+}
+
+/// How many bytes of the stream the peer's TCP stack has acknowledged (`tcpi_bytes_acked`,
+/// Linux 4.1+). Still readable after a reset. 0 if the kernel cannot say, so nothing counts
+/// as received that might not have been.
+pub(super) fn bytes_acked(stream: &TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `info` is a plain C struct the kernel fills up to `len` bytes; the fd is open.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        let have = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+        if rc == 0 && len as usize >= have {
+            info.tcpi_bytes_acked
+        } else {
+            0
         }
     }
 }
@@ -218,8 +287,41 @@ mod tests {
         assert_eq!(q.backlog_bytes(), 0);
         assert_eq!(pipe.got.len(), 10_300);
         // The partly written item and everything behind it come back as unsent.
-        let unsent = q.take();
+        let unsent = q.take(0);
         assert_eq!(unsent, vec![vec![b'c'; 200]]);
         assert!(q.is_empty());
+    }
+
+    /// Output that must reach the peer whole.
+    #[derive(Debug, PartialEq)]
+    struct Precious(Vec<u8>);
+
+    impl Outbound for Precious {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn needs_peer_ack(&self) -> bool {
+            true
+        }
+    }
+
+    /// Written is not received: an item stays the sender's until the peer's TCP stack has
+    /// acknowledged its last byte.
+    #[test]
+    fn written_items_come_back_until_the_peer_acknowledged_them() {
+        let mut q = OutQueue::new();
+        for b in [b'a', b'b', b'c'] {
+            q.push(Precious(vec![b; 100]));
+        }
+        let mut pipe = Pipe { room: 250, got: Vec::new() };
+        q.write_to(&mut pipe).unwrap();
+        assert!(q.awaits_peer());
+        q.confirm(99);
+        assert!(q.awaits_peer(), "99 of 100 bytes is not the whole item");
+        q.confirm(100);
+        // 'b' written but acknowledged only in part, 'c' written in part.
+        let unsent = q.take(150);
+        assert_eq!(unsent, vec![Precious(vec![b'b'; 100]), Precious(vec![b'c'; 100])]);
+        assert!(!q.awaits_peer());
     }
 }

@@ -19,8 +19,9 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use socket2::SockRef;
 
-use super::conn::{Conn, Outbound, State};
+use super::conn::{bytes_acked, Conn, Outbound, State};
 use super::router::{Loc, Msg, ReactorHandle};
 use crate::proto::codec::{Decoded, FrameError};
 
@@ -32,6 +33,9 @@ const SCRATCH: usize = 64 * 1024;
 /// output is flushed once per iteration: a group message reaches a reactor as one channel
 /// message per member there, and larger batches let one write carry many of them.
 const MSG_BATCH: usize = 16384;
+/// How long a half-closed peer gets to acknowledge our last output, and how often we look.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+const ACK_POLL: Duration = Duration::from_millis(5);
 /// Input a lingering connection may still send before it is simply closed.
 const LINGER_LIMIT: usize = 1024 * 1024;
 
@@ -147,6 +151,9 @@ pub(super) struct Transport<H: Handler> {
     backlog: Vec<usize>,
     /// Channel messages set aside by `take_queued`; handled before the channel.
     deferred: VecDeque<Msg<H::Msg>>,
+    /// Half-closed connections, answered, waiting until the peer acknowledged the answer (or
+    /// the deadline): (key, id, deadline).
+    acking: Vec<(usize, u64, Instant)>,
     phase: Phase,
 }
 
@@ -179,6 +186,7 @@ impl<H: Handler> Reactor<H> {
             dirty: Vec::new(),
             backlog: Vec::new(),
             deferred: VecDeque::new(),
+            acking: Vec::new(),
             phase: Phase::Running,
         };
         Reactor { io, handler, quiet }
@@ -189,7 +197,11 @@ impl<H: Handler> Reactor<H> {
         let mut events = Events::with_capacity(1024);
         let mut more_msgs = false;
         while self.io.phase != Phase::Finished {
-            let timeout = (more_msgs || !self.io.backlog.is_empty()).then_some(Duration::ZERO);
+            let timeout = if more_msgs || !self.io.backlog.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                (!self.io.acking.is_empty()).then_some(ACK_POLL) // acknowledgements raise no event
+            };
             if let Err(e) = self.io.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -218,6 +230,9 @@ impl<H: Handler> Reactor<H> {
                 self.pump(key);
             }
             self.flush_dirty();
+            if !self.io.acking.is_empty() {
+                self.close_acknowledged();
+            }
             if self.io.phase == (Phase::Quiescing { reported: false }) && !self.handler.busy() {
                 self.io.phase = Phase::Quiescing { reported: true };
                 if let Some(quiet) = &self.quiet {
@@ -426,7 +441,12 @@ impl<H: Handler> Reactor<H> {
                 continue;
             }
             if conn.eof && !conn.paused && conn.out.is_empty() {
-                self.close(key, "peer closed");
+                if conn.confirm_received() {
+                    // A half-closed peer may still be reading: close once it has our answer.
+                    self.io.acking.push((key, conn.id, Instant::now() + ACK_WAIT));
+                } else {
+                    self.close(key, "peer closed");
+                }
                 continue;
             }
             let backlog = conn.out.backlog_bytes();
@@ -440,6 +460,23 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
+    /// Closes the half-closed connections whose peer has acknowledged everything (or that
+    /// waited long enough: what it did not acknowledge goes back to the handler).
+    fn close_acknowledged(&mut self) {
+        let now = Instant::now();
+        for (key, id, deadline) in mem::take(&mut self.io.acking) {
+            let Some(conn) = self.io.conns.get_mut(key).filter(|c| c.id == id) else { continue };
+            if !conn.out.is_empty() {
+                continue; // more output came: `flush_dirty` looks at it again
+            }
+            if !conn.confirm_received() || now >= deadline {
+                self.close(key, "peer closed");
+            } else {
+                self.io.acking.push((key, id, deadline));
+            }
+        }
+    }
+
     /// Shutdown phase 2. Sessions end first so nothing new is delivered to them; output gets
     /// until `deadline` to drain; then every connection closes (the handler keeps what is unsent).
     fn finish(&mut self, deadline: Instant) {
@@ -450,11 +487,14 @@ impl<H: Handler> Reactor<H> {
             io.dirty.extend(io.conns.iter().filter(|(_, c)| !c.out.is_empty()).map(|(k, _)| k));
             self.flush_dirty();
             let pending = self.io.conns.iter().any(|(_, c)| !c.out.is_empty());
+            // Written is not received: give peers their acknowledgements too, which raise no
+            // event, so look again every few milliseconds.
+            let unconfirmed = self.io.conns.iter_mut().any(|(_, c)| c.confirm_received());
             let now = Instant::now();
-            if !pending || now >= deadline {
+            if !(pending || unconfirmed) || now >= deadline {
                 break;
             }
-            let _ = self.io.poll.poll(&mut events, Some(deadline - now));
+            let _ = self.io.poll.poll(&mut events, Some((deadline - now).min(Duration::from_millis(5))));
         }
         let keys: Vec<usize> = self.io.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -514,8 +554,14 @@ impl<H: Handler> Io<H> for Transport<H> {
         let mut conn = self.conns.remove(at.token);
         log::debug!("conn {}.{}: closed: {why}", self.idx, conn.id);
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        if conn.confirm_received() {
+            // What the peer has not acknowledged goes back to the handler, so the kernel must
+            // not deliver it after all: reset instead of closing, which drops the send queue.
+            let _ = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+            return conn.out.take(bytes_acked(&conn.stream));
+        }
         let _ = conn.stream.shutdown(Shutdown::Both);
-        conn.out.take()
+        conn.out.take(0)
     }
 
     fn reject(&mut self, at: Loc, answer: H::Out) {

@@ -169,6 +169,17 @@ impl Outbound for Out {
             Out::Chat(_, m) => m.as_bytes(),
         }
     }
+
+    /// A canonical session cannot acknowledge: its messages count as delivered once the peer's
+    /// TCP stack has acknowledged them (an acks session's deliveries are replies: they stay
+    /// in the mailbox until the client acknowledges them).
+    fn needs_peer_ack(&self) -> bool {
+        match self {
+            Out::Reply(_) => false,
+            Out::Chat(..) => true,
+            Out::LoginAck { offline, .. } => !offline.is_empty(),
+        }
+    }
 }
 
 impl Out {
