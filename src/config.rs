@@ -31,6 +31,9 @@ pub struct Config {
     pub history_days: u32,
     /// Most unacknowledged deliveries of an acks session.
     pub window: usize,
+    /// An acks session whose deliveries stay unacknowledged this long is ended (a connection
+    /// that died silently, or a client that stopped acknowledging); zero never ends one.
+    pub ack_timeout: Duration,
     /// How often stored messages of live users are looked for, in case their notification
     /// was lost; such a message arrives within about two periods.
     pub sweep_every: Duration,
@@ -79,6 +82,7 @@ impl Default for Config {
             clock: Clock::System,
             history_days: 30,
             window: 1000,
+            ack_timeout: Duration::from_secs(30),
             sweep_every: Duration::from_secs(2),
         }
     }

@@ -174,3 +174,39 @@ fn a_stored_message_whose_notification_was_lost_arrives_within_seconds() {
     assert_eq!(s.sql_strings(&format!("SELECT message FROM OfflineMessage WHERE userid = {ida}")).len(), 0);
     assert_eq!(s.sql_strings(&format!("SELECT message FROM OfflineMessage WHERE userid = {idc}")).len(), 1);
 }
+
+/// A connection that died without a FIN or a reset (the client here just stops reading and
+/// acknowledging, its socket left open, as behind a blackholed path) keeps its user online
+/// only until the acknowledgement timeout: then the session ends, a new login works, and the
+/// unacknowledged messages come again.
+#[test]
+fn a_session_that_stops_acknowledging_ends_and_its_messages_wait() {
+    let s = TestServer::start_with(|c| c.ack_timeout = Duration::from_secs(2));
+    let (mut a, ida) = s.user("alice");
+    let mut silent = s.client();
+    let idb = silent.register("bob", "pw");
+    acks_login(&mut silent, idb);
+    let mids = send(&mut a, idb, (0..3).map(|n| n.to_string()));
+    assert_eq!(deliveries(&mut silent, 3).iter().map(|(_, m)| *m).collect::<Vec<_>>(), mids);
+    let mut b = s.client();
+    let refused = b.request(json!({"msgid":1,"id":idb,"password":"pw","acks":true}));
+    assert_eq!(refused["errno"], 2, "still online while within the timeout: {refused}");
+    let started = std::time::Instant::now();
+    let ack = support::eventually(|| {
+        let ack = b.request(json!({"msgid":1,"id":idb,"password":"pw","acks":true}));
+        (ack["errno"] == 0).then_some(ack)
+    });
+    assert!(started.elapsed() < Duration::from_secs(5), "ended by the 2 s timeout, not by TCP");
+    assert_eq!(ack["acks"], true);
+    let again = deliveries(&mut b, 3);
+    assert_eq!(again.iter().map(|(_, m)| *m).collect::<Vec<_>>(), mids, "the same messages, same mids");
+    assert!(silent.is_closed(), "the stalled connection was closed");
+    // A session that acknowledges stays, however long it lives.
+    b.send(json!({"msgid":12,"mids":mids}));
+    let more = send(&mut a, idb, ["later".to_owned()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(deliveries(&mut b, 1)[0].1, more[0]);
+    b.send(json!({"msgid":12,"mids":more}));
+    b.expect_silence(Duration::from_secs(3));
+    assert!(b.request(json!({"msgid":6,"toid":ida,"msg":"still here","seq":9}))["errno"] == 0);
+}

@@ -1,8 +1,8 @@
 //! `chatbench integrity` against real servers while faults are injected: users in acks
 //! sessions send paced messages to random partners and survive their connections; every
 //! message a sender saw acknowledged must reach its recipient, once, in order. Short runs of
-//! each fault alone: client resets, a node `kill -9` and restart, Redis `kill -9` and restart,
-//! a graceful Redis restart.
+//! each fault alone: client resets, blackholed paths, a node `kill -9` and restart, Redis
+//! `kill -9` and restart, a graceful Redis restart.
 
 mod support;
 
@@ -23,6 +23,8 @@ fn plan(addrs: Vec<String>) -> IntegrityPlan {
         drain: Duration::from_secs(25),
         acks: true,
         rst_every: None,
+        blackhole_every: None,
+        blackhole_for: Duration::from_secs(2),
         progress: false,
     }
 }
@@ -49,6 +51,20 @@ fn clients_that_reset_their_connections_lose_nothing() {
     let r = run_with(p, || {});
     assert_clean(&r);
     assert!(r.resets >= 20 && r.reconnects >= r.resets, "{r:?}");
+}
+
+/// Paths that go silent both ways with their sockets open: the server learns of it only
+/// because the session stops acknowledging (`ack_timeout`), ends it, and the user's next
+/// login gets what it never acknowledged.
+#[test]
+fn blackholed_recipients_lose_nothing() {
+    let s = TestServer::start_with(|c| c.ack_timeout = Duration::from_secs(1));
+    let mut p = plan(vec![s.addr.to_string()]);
+    p.blackhole_every = Some(Duration::from_millis(700));
+    p.blackhole_for = Duration::from_millis(1500);
+    let r = run_with(p, || {});
+    assert_clean(&r);
+    assert!(r.blackholes >= 4 && r.reconnects >= r.blackholes, "{r:?}");
 }
 
 #[test]

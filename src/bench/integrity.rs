@@ -4,8 +4,12 @@
 //! user. Every user survives its connection: on a reset, a close, or an answer that does not
 //! come, it connects again (trying the next address each time), logs in, and sends the
 //! unanswered message again under the same `cid`. With `rst_every`, the users themselves reset
-//! their connections (one every period, `SO_LINGER` 0). Other faults (killing a node, Redis) are
-//! the caller's, while this runs.
+//! their connections (one every period, `SO_LINGER` 0). With `blackhole_every`, every user
+//! connects through its own in-process proxy, and one path every period goes silent both ways
+//! with both sockets kept open: the user notices only when the proxy finally resets its side
+//! (after `blackhole_for`); the server's side stays open and silent until the end of the run
+//! (canonical sessions: it is reset then too, since only TCP could tell such a server). Other
+//! faults (killing a node, Redis) are the caller's, while this runs.
 //!
 //! After the send phase, everyone reads until nothing arrives for a while (or `drain` passes),
 //! and the run is judged as Jepsen's queue checker does:
@@ -51,6 +55,10 @@ pub struct IntegrityPlan {
     pub acks: bool,
     /// One user resets its connection every period.
     pub rst_every: Option<Duration>,
+    /// One user's path goes silent every period...
+    pub blackhole_every: Option<Duration>,
+    /// ...for this long, before the user learns its connection is gone.
+    pub blackhole_for: Duration,
     pub progress: bool,
 }
 
@@ -68,6 +76,8 @@ pub struct IntegrityReport {
     pub refused: usize,
     pub reconnects: usize,
     pub resets: usize,
+    /// Paths that went silent.
+    pub blackholes: usize,
     /// Up to 10 lost messages, `sender:n`, for a look in the history.
     pub lost_examples: Vec<String>,
 }
@@ -91,6 +101,10 @@ struct Shared {
     unanswered: AtomicUsize,
     /// Milliseconds since `start` of the next reset.
     next_reset_ms: AtomicU64,
+    /// Milliseconds since `start` of the next blackhole.
+    next_blackhole_ms: AtomicU64,
+    /// Server-side sockets of blackholed paths, held open until the run ends.
+    dead_paths: parking_lot::Mutex<Vec<TcpStream>>,
     acknowledged: AtomicUsize,
     delivered: AtomicUsize,
 }
@@ -117,6 +131,7 @@ struct Tally {
     refused: usize,
     reconnects: usize,
     resets: usize,
+    blackholes: usize,
 }
 
 /// Runs the plan; errors only if the users cannot even sign up.
@@ -139,6 +154,8 @@ pub fn integrity(plan: &IntegrityPlan) -> io::Result<IntegrityReport> {
         last_delivery_ms: AtomicU64::new(0),
         unanswered: AtomicUsize::new(0),
         next_reset_ms: AtomicU64::new(plan.rst_every.map_or(u64::MAX, |p| p.as_millis() as u64)),
+        next_blackhole_ms: AtomicU64::new(plan.blackhole_every.map_or(u64::MAX, |p| p.as_millis() as u64)),
+        dead_paths: parking_lot::Mutex::new(Vec::new()),
         acknowledged: AtomicUsize::new(0),
         delivered: AtomicUsize::new(0),
     });
@@ -159,6 +176,7 @@ pub fn integrity(plan: &IntegrityPlan) -> io::Result<IntegrityReport> {
         thread::sleep(Duration::from_millis(200));
     }
     bar.finish_and_clear();
+    shared.dead_paths.lock().clear();
     let tallies: Vec<Tally> = workers.into_iter().map(|w| w.join().unwrap_or_default()).collect();
     Ok(judge(&shared.ids, &tallies))
 }
@@ -184,6 +202,7 @@ fn judge(ids: &[u32], tallies: &[Tally]) -> IntegrityReport {
         r.refused += t.refused;
         r.reconnects += t.reconnects;
         r.resets += t.resets;
+        r.blackholes += t.blackholes;
     }
     // (sender, n) of every message that reached its recipient.
     let mut delivered: HashSet<(usize, usize)> = HashSet::new();
@@ -234,15 +253,26 @@ struct Conn {
     stream: TcpStream,
     reader: BufReader<TcpStream>,
     partial: Vec<u8>,
+    /// The path through a proxy, when blackholes are planned.
+    path: Option<Path>,
 }
 
 impl Conn {
     fn open(addr: &str) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr)?;
+        Conn::over(TcpStream::connect(addr)?, None)
+    }
+
+    /// Connects through a proxy of our own, whose path can be made to go silent.
+    fn open_proxied(addr: &str) -> io::Result<Conn> {
+        let (stream, path) = Path::open(addr)?;
+        Conn::over(stream, Some(path))
+    }
+
+    fn over(stream: TcpStream, path: Option<Path>) -> io::Result<Conn> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(TICK))?;
         let reader = BufReader::new(stream.try_clone()?);
-        Ok(Conn { stream, reader, partial: Vec::new() })
+        Ok(Conn { stream, reader, partial: Vec::new(), path })
     }
 
     fn send(&mut self, v: &Value) -> io::Result<()> {
@@ -286,6 +316,58 @@ impl Conn {
     }
 }
 
+/// A proxied path: client ⇄ proxy ⇄ server, two forwarding threads that stop forwarding (and
+/// reading) once the path is silenced, leaving every socket open.
+struct Path {
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    /// The proxy's socket to the server.
+    upstream: TcpStream,
+    /// The proxy's socket to the client.
+    downstream: TcpStream,
+}
+
+impl Path {
+    fn open(addr: &str) -> io::Result<(TcpStream, Path)> {
+        let upstream = TcpStream::connect(addr)?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let client = TcpStream::connect(listener.local_addr()?)?;
+        let (downstream, _) = listener.accept()?;
+        upstream.set_nodelay(true)?;
+        downstream.set_nodelay(true)?;
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for (from, to) in
+            [(upstream.try_clone()?, downstream.try_clone()?), (downstream.try_clone()?, upstream.try_clone()?)]
+        {
+            let silent = silent.clone();
+            from.set_read_timeout(Some(TICK))?;
+            thread::Builder::new().name("integrity-proxy".into()).spawn(move || forward(from, to, &silent))?;
+        }
+        Ok((client, Path { silent, upstream, downstream }))
+    }
+}
+
+/// Copies `from` to `to` until either ends or the path goes silent.
+fn forward(mut from: TcpStream, mut to: TcpStream, silent: &std::sync::atomic::AtomicBool) {
+    use std::io::Read;
+    let mut buf = vec![0; 16 * 1024];
+    while !silent.load(Ordering::Relaxed) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if !silent.load(Ordering::Relaxed) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Ok(_) => break, // silenced meanwhile: these bytes vanish, as on a dead path
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    if !silent.load(Ordering::Relaxed) {
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// One simulated user.
 struct User<'a> {
     me: usize,
@@ -298,6 +380,8 @@ struct User<'a> {
     rng: u64,
     attempts: usize,
     connected_once: bool,
+    /// A silenced path and when the user gives up on it.
+    silenced: Option<(Path, Instant)>,
 }
 
 impl<'a> User<'a> {
@@ -313,6 +397,7 @@ impl<'a> User<'a> {
             rng,
             attempts: 0,
             connected_once: false,
+            silenced: None,
         }
     }
 
@@ -366,7 +451,11 @@ impl<'a> User<'a> {
         let addrs = &self.shared.plan.addrs;
         let addr = &addrs[(self.me + self.attempts) % addrs.len()];
         self.attempts += 1;
-        let Ok(mut c) = Conn::open(addr) else { return false };
+        let opened = match self.shared.plan.blackhole_every {
+            Some(_) => Conn::open_proxied(addr),
+            None => Conn::open(addr),
+        };
+        let Ok(mut c) = opened else { return false };
         let id = self.shared.ids[self.me];
         let acks = self.shared.plan.acks;
         let Ok(ack) = c.request(&json!({"msgid":1,"id":id,"password":"pw","acks":acks})) else { return false };
@@ -419,8 +508,47 @@ impl<'a> User<'a> {
         }
         if elapsed < send_until {
             self.maybe_reset();
+            self.maybe_blackhole();
         }
-        Ok(())
+        self.give_up_silent_path()
+    }
+
+    /// When a blackhole is due, the first user to notice has its path go silent.
+    fn maybe_blackhole(&mut self) {
+        let Some(period) = self.shared.plan.blackhole_every else { return };
+        if self.silenced.is_some() || !matches!(&self.conn, Some(c) if c.path.is_some()) {
+            return;
+        }
+        let now = self.shared.now_ms();
+        let due = self.shared.next_blackhole_ms.load(Ordering::Relaxed);
+        if now < due {
+            return;
+        }
+        let next = now + period.as_millis() as u64;
+        if self.shared.next_blackhole_ms.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            if let Some(path) = self.conn.as_mut().and_then(|c| c.path.take()) {
+                path.silent.store(true, Ordering::Relaxed);
+                self.silenced = Some((path, Instant::now() + self.shared.plan.blackhole_for));
+                self.tally.blackholes += 1;
+            }
+        }
+    }
+
+    /// After `blackhole_for` the user learns its silent connection is gone (the proxy resets
+    /// the user's side) and connects again; the server's side stays open, silent.
+    fn give_up_silent_path(&mut self) -> io::Result<()> {
+        if !self.silenced.as_ref().is_some_and(|(_, at)| Instant::now() >= *at) {
+            return Ok(());
+        }
+        let Some((path, _)) = self.silenced.take() else { return Ok(()) };
+        let _ = socket2::SockRef::from(&path.downstream).set_linger(Some(Duration::ZERO));
+        drop(path.downstream);
+        if self.shared.plan.acks {
+            self.shared.dead_paths.lock().push(path.upstream);
+        } else {
+            let _ = socket2::SockRef::from(&path.upstream).set_linger(Some(Duration::ZERO));
+        }
+        Err(err("the path went silent"))
     }
 
     fn send_chat(&mut self, n: usize) -> io::Result<()> {

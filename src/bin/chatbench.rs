@@ -15,7 +15,7 @@ enum Kind {
     /// Serve the bare relay baseline on `--listen` (the transport without the chat).
     Relay,
     /// Check that every acknowledged message arrives once and in order while faults happen
-    /// (`--users`, `--secs`, `--rate`, `--rst-every`); exits non-zero if any is lost.
+    /// (`--users`, `--secs`, `--rate`, `--rst-every`, `--blackhole-every`); exits non-zero if any is lost.
     Integrity,
 }
 
@@ -96,6 +96,13 @@ struct Args {
     /// integrity: one user resets its connection (RST) every this many milliseconds.
     #[arg(long)]
     rst_every: Option<u64>,
+    /// integrity: one user's path goes silent both ways (sockets kept open) every this many
+    /// milliseconds; the server needs `--ack-timeout` below `--blackhole-for` plus the drain.
+    #[arg(long)]
+    blackhole_every: Option<u64>,
+    /// integrity: milliseconds a silent path lasts before its user gives up on it.
+    #[arg(long, default_value_t = 3000)]
+    blackhole_for: u64,
     /// idle, internal: run as one client process with this share, `INDEX:COUNT:TAG`.
     #[arg(long, hide = true)]
     share: Option<String>,
@@ -221,6 +228,8 @@ fn integrity(args: &Args, addrs: Vec<String>) -> ExitCode {
         drain: secs(args.drain),
         acks: !args.no_acks,
         rst_every: args.rst_every.map(std::time::Duration::from_millis),
+        blackhole_every: args.blackhole_every.map(std::time::Duration::from_millis),
+        blackhole_for: std::time::Duration::from_millis(args.blackhole_for),
         progress: !args.json,
     };
     let r = match integrity(&plan) {
@@ -234,9 +243,9 @@ fn integrity(args: &Args, addrs: Vec<String>) -> ExitCode {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         println!(
-            "Integrity: {} attempted, {} acknowledged, {} delivered; lost {}, unexpected {}, duplicated {}, recovered {}, order violations {}; {} refused, {} reconnects, {} resets",
+            "Integrity: {} attempted, {} acknowledged, {} delivered; lost {}, unexpected {}, duplicated {}, recovered {}, order violations {}; {} refused, {} reconnects, {} resets, {} blackholes",
             r.attempted, r.acknowledged, r.delivered, r.lost, r.unexpected, r.duplicated, r.recovered,
-            r.order_violations, r.refused, r.reconnects, r.resets
+            r.order_violations, r.refused, r.reconnects, r.resets, r.blackholes
         );
         if !r.lost_examples.is_empty() {
             println!("lost (sender:n): {}", r.lost_examples.join(" "));

@@ -55,6 +55,10 @@ struct Args {
     /// stored, until acknowledgements open the window.
     #[arg(long, env = "CHAT_WINDOW", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     window: u32,
+    /// Seconds an acks session's deliveries may stay unacknowledged before the session is
+    /// ended as dead (its messages wait for the next login); 0 never ends one.
+    #[arg(long, env = "CHAT_ACK_TIMEOUT", default_value_t = 30)]
+    ack_timeout: u64,
     /// Days of history kept (msgid 14); older messages are deleted hourly. 0 keeps everything.
     #[arg(long, env = "CHAT_HISTORY_DAYS", default_value_t = 30)]
     history_days: u32,
@@ -93,6 +97,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         history_days: args.history_days,
         window: args.window as usize,
+        ack_timeout: Duration::from_secs(args.ack_timeout),
         ..defaults
     };
     let store = chat::store::open(&args.store, config.store_connections()).context("--store")?;

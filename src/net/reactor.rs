@@ -33,6 +33,8 @@ const SCRATCH: usize = 64 * 1024;
 /// output is flushed once per iteration: a group message reaches a reactor as one channel
 /// message per member there, and larger batches let one write carry many of them.
 const MSG_BATCH: usize = 16384;
+/// How often the handler's [`Handler::on_tick`] runs.
+pub(crate) const TICK: Duration = Duration::from_secs(1);
 /// How long a half-closed peer gets to acknowledge our last output, and how often we look.
 const ACK_WAIT: Duration = Duration::from_secs(5);
 const ACK_POLL: Duration = Duration::from_millis(5);
@@ -89,6 +91,8 @@ pub(crate) trait Handler: Sized {
     /// The transport closed `at` (peer gone, I/O error, output over its cap, shutdown);
     /// `unsent` is its output never fully written. Not called for [`Io::close`].
     fn on_close(&mut self, io: &mut impl Io<Self>, at: Loc, unsent: Vec<Self::Out>);
+    /// About once per [`TICK`], for what depends on time passing rather than on events.
+    fn on_tick(&mut self, _io: &mut impl Io<Self>) {}
     /// Shutdown, phase 2 begins: end sessions before output is flushed and connections close.
     fn on_shutdown(&mut self, _io: &mut impl Io<Self>) {}
     /// The reactor exits; `leftover` raced with the exit.
@@ -196,12 +200,21 @@ impl<H: Handler> Reactor<H> {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut more_msgs = false;
+        let mut next_tick = Instant::now() + TICK;
         while self.io.phase != Phase::Finished {
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.handler.on_tick(&mut self.io);
+            }
             let timeout = if more_msgs || !self.io.backlog.is_empty() {
-                Some(Duration::ZERO)
+                Duration::ZERO
+            } else if !self.io.acking.is_empty() {
+                ACK_POLL // acknowledgements raise no event
             } else {
-                (!self.io.acking.is_empty()).then_some(ACK_POLL) // acknowledgements raise no event
+                next_tick - now
             };
+            let timeout = Some(timeout);
             if let Err(e) = self.io.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;

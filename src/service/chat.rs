@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::mem;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -324,7 +325,11 @@ impl ChatHandler {
         let Some(s) = self.sessions.get_mut(at) else { return };
         let forget = match (s.state.live_id(), s.acks.as_mut()) {
             (Some(user), Some(acks)) => {
-                Some((user, mids.iter().filter_map(|mid| acks.unacked.remove(mid)).collect::<Vec<u64>>()))
+                let rows: Vec<u64> = mids.iter().filter_map(|mid| acks.unacked.remove(mid)).collect();
+                if !rows.is_empty() {
+                    acks.acknowledged(Instant::now());
+                }
+                Some((user, rows))
             }
             _ => None,
         };
@@ -480,6 +485,7 @@ impl ChatHandler {
                         let _ = io.send(at, Out::Reply(Vec::from(text + "\n")));
                     }
                     acks.more = full;
+                    acks.delivered(Instant::now());
                     session.drain_wanted |= full;
                     if !legacy.is_empty() {
                         forget = Some(Job { seq: None, kind: JobKind::Forget { user, rows: legacy } });
@@ -586,6 +592,25 @@ impl Handler for ChatHandler {
 
     fn on_close(&mut self, io: &mut impl Io<Self>, at: Loc, unsent: Vec<Out>) {
         self.closed(io, at, unsent);
+    }
+
+    /// Ends acks sessions that stopped acknowledging: a connection that died without a FIN or
+    /// a reset (a blackholed path, a proxy that hangs) still looks open, and would keep its
+    /// user online (errno 2 at the next login) until TCP keepalive, if ever, noticed. What
+    /// such a session did not acknowledge waits in the mailbox for the next login.
+    fn on_tick(&mut self, io: &mut impl Io<Self>) {
+        let (now, timeout) = (Instant::now(), self.service.ack_timeout());
+        let stalled: Vec<Loc> = self
+            .sessions
+            .iter()
+            .filter(|s| s.acks.as_ref().is_some_and(|a| a.stalled(now, timeout)))
+            .map(|s| s.at)
+            .collect();
+        for at in stalled {
+            log::info!("conn {}.{}: no acknowledgement for {timeout:?}; ending the session", at.reactor, at.conn);
+            let unsent = io.close(at, "acknowledgements stopped");
+            self.closed(io, at, unsent);
+        }
     }
 
     /// Sessions end before output is flushed, so nothing new is delivered to them.

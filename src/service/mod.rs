@@ -18,6 +18,7 @@ mod session;
 mod sweep;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -54,6 +55,7 @@ pub(crate) struct Service {
     limits: Limits,
     mailbox_cap: usize,
     window: usize,
+    ack_timeout: Duration,
     clock: Clock,
     /// Users whose bus claim could not be released when their session ended here (the bus was
     /// unreachable): tried again after the next release or login that reaches the bus.
@@ -255,6 +257,7 @@ impl Service {
             limits: Limits { max_msg: config.max_msg },
             mailbox_cap: config.mailbox_cap,
             window: config.window.max(1),
+            ack_timeout: config.ack_timeout,
             clock: config.clock.clone(),
             unreleased: parking_lot::Mutex::new(Vec::new()),
         })
@@ -270,6 +273,10 @@ impl Service {
 
     pub(crate) fn window(&self) -> usize {
         self.window
+    }
+
+    pub(crate) fn ack_timeout(&self) -> Duration {
+        self.ack_timeout
     }
 
     pub(crate) fn store(&self) -> Arc<dyn Store> {

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::message_log::LogResult;
 use super::User;
@@ -83,11 +84,30 @@ pub(crate) struct AckState {
     pub cursor: u64,
     /// More may be waiting than the window let through.
     pub more: bool,
+    /// Since when deliveries have waited without any acknowledgement coming.
+    pub stalled_since: Option<Instant>,
 }
 
 impl AckState {
     pub(crate) fn new(window: usize) -> AckState {
-        AckState { window, unacked: HashMap::new(), cursor: 0, more: true }
+        AckState { window, unacked: HashMap::new(), cursor: 0, more: true, stalled_since: None }
+    }
+
+    /// Deliveries went out: the clock runs unless it already does.
+    pub(crate) fn delivered(&mut self, now: Instant) {
+        if !self.unacked.is_empty() {
+            self.stalled_since.get_or_insert(now);
+        }
+    }
+
+    /// Some deliveries were acknowledged: the client is alive.
+    pub(crate) fn acknowledged(&mut self, now: Instant) {
+        self.stalled_since = (!self.unacked.is_empty()).then_some(now);
+    }
+
+    /// Whether the client has let deliveries wait longer than `timeout` (zero: never).
+    pub(crate) fn stalled(&self, now: Instant, timeout: Duration) -> bool {
+        !timeout.is_zero() && self.stalled_since.is_some_and(|t| now.duration_since(t) >= timeout)
     }
 
     /// How many more may be delivered now.
@@ -139,6 +159,11 @@ impl Sessions {
 
     pub(super) fn get_mut(&mut self, at: Loc) -> Option<&mut Session> {
         self.slots.get_mut(at.token)?.as_mut().filter(|s| s.at == at)
+    }
+
+    /// Every session, for the periodic look at them.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.slots.iter().flatten()
     }
 
     pub(super) fn remove(&mut self, at: Loc) -> Option<Session> {
