@@ -118,3 +118,44 @@ fn a_reader_cut_at_the_cap_finds_the_rest_in_its_mailbox() {
     let lost_bytes: usize = accepted[..lost].iter().map(|m| m.len() + 60).sum();
     assert!(lost_bytes <= 16 * 1024, "only a receive buffer's worth is lost: {lost} messages, ~{lost_bytes} bytes");
 }
+
+/// Probe (d): no login ack is unbounded. A large mailbox comes as a login ack of at most 1,000
+/// messages (and 1 MiB), then the rest as ordinary deliveries, slice by slice as the client
+/// reads; a message sent meanwhile comes after all of it.
+#[test]
+fn a_large_mailbox_follows_the_login_ack_in_slices_and_in_order() {
+    let s = TestServer::start();
+    let (mut a, _) = s.user("alice");
+    let bob = s.client().register("bob", "pw");
+    let body = "x".repeat(700);
+    let total = 3000;
+    for round in 0..(total / 500) {
+        let mut batch = String::new();
+        for k in 0..500 {
+            let n = round * 500 + k;
+            batch += &format!("{}\n", json!({"msgid":6,"toid":bob,"msg":format!("{n} {body}"),"seq":n}));
+        }
+        a.send_raw(batch.as_bytes());
+        for _ in 0..500 {
+            assert_eq!(a.recv()["errno"], 0);
+        }
+    }
+    let mut b = s.client();
+    let ack = b.login_ok(bob, "pw");
+    let in_ack = decoded(&ack, "offlinemsg").len();
+    let ack_bytes = ack.to_string().len();
+    assert!(in_ack > 0 && in_ack <= 1000, "one slice in the login ack: {in_ack}");
+    assert!(ack_bytes < 2 * 1024 * 1024, "a bounded login ack: {ack_bytes} bytes");
+    assert_eq!(a.request(json!({"msgid":6,"toid":bob,"msg":"live, after all of it","seq":"live"}))["errno"], 0);
+    let mut got: Vec<String> =
+        decoded(&ack, "offlinemsg").iter().map(|m| m["msg"].as_str().unwrap().to_owned()).collect();
+    while got.len() < total + 1 {
+        let m = b.recv();
+        assert_eq!(m["msgid"], 6, "{m}");
+        got.push(m["msg"].as_str().unwrap().to_owned());
+    }
+    let expected: Vec<String> =
+        (0..total).map(|n| format!("{n} {body}")).chain(["live, after all of it".to_owned()]).collect();
+    assert!(got == expected, "every stored message once, in order, then the live one");
+    b.expect_silence(Duration::from_millis(300));
+}

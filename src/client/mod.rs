@@ -301,6 +301,11 @@ impl Shared {
                 // Set here, before the deliveries that follow the ack are read.
                 self.acks.store(w.acks, Ordering::Release);
                 self.logged_in_at.store(now_ms(), Ordering::Release);
+                // Shown here, on the reading thread, so the deliveries that follow the ack are
+                // shown after it.
+                for line in self.view.logged_in(w) {
+                    self.out.print(&line);
+                }
                 let _ = replies.send(reply);
             }
             Reply::Login { .. } | Reply::Register(_) => {
@@ -423,9 +428,6 @@ impl Session {
                         }
                         None => continue,
                     };
-                    for line in self.shared.view.logged_in(&welcome) {
-                        self.print(&line);
-                    }
                     *self.shared.login.lock() = Some((id, password));
                     if let After::Quit = self.chat(input, id, &welcome.name)? {
                         return Ok(());

@@ -163,6 +163,8 @@ pub(super) struct Conn<O> {
     pub(super) readable: bool,
     /// The peer shut down its side: no more requests; close once answered.
     pub(super) eof: bool,
+    /// The handler wants to hear when the output queue is empty.
+    pub(super) notify_flushed: bool,
 }
 
 impl<O: Outbound> Conn<O> {
@@ -178,6 +180,7 @@ impl<O: Outbound> Conn<O> {
             paused: false,
             readable: true,
             eof: false,
+            notify_flushed: false,
         }
     }
 

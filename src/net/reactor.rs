@@ -60,6 +60,8 @@ pub(crate) trait Io<H: Handler> {
     fn running(&self) -> bool;
     /// Queues output for `to`; `Err` gives it back when that connection is closed or lingering.
     fn send(&mut self, to: Loc, out: H::Out) -> Result<(), H::Out>;
+    /// Calls [`Handler::on_flushed`] for `at` once its output queue is empty (now, if it is).
+    fn notify_flushed(&mut self, at: Loc);
     /// Holds `at`'s further frames (already read or not) until [`Io::resume`].
     fn pause(&mut self, at: Loc);
     fn resume(&mut self, at: Loc);
@@ -91,6 +93,8 @@ pub(crate) trait Handler: Sized {
     /// The transport closed `at` (peer gone, I/O error, output over its cap, shutdown);
     /// `unsent` is its output never fully written. Not called for [`Io::close`].
     fn on_close(&mut self, io: &mut impl Io<Self>, at: Loc, unsent: Vec<Self::Out>);
+    /// `at`'s output queue ran empty after [`Io::notify_flushed`].
+    fn on_flushed(&mut self, _io: &mut impl Io<Self>, _at: Loc) {}
     /// About once per [`TICK`], for what depends on time passing rather than on events.
     fn on_tick(&mut self, _io: &mut impl Io<Self>) {}
     /// Shutdown, phase 2 begins: end sessions before output is flushed and connections close.
@@ -444,9 +448,13 @@ impl<H: Handler> Reactor<H> {
         let mut dirty = mem::take(&mut self.io.dirty);
         dirty.sort_unstable();
         dirty.dedup();
+        let mut flushed = Vec::new();
         for key in dirty.drain(..) {
             let Some(conn) = self.io.conns.get_mut(key) else { continue };
             if conn.out.is_empty() && !conn.eof {
+                if mem::take(&mut conn.notify_flushed) {
+                    flushed.push(Loc { reactor: self.io.idx, token: key, conn: conn.id });
+                }
                 continue;
             }
             if let Err(e) = conn.flush() {
@@ -466,7 +474,12 @@ impl<H: Handler> Reactor<H> {
             if backlog > self.io.limits.max_outbound {
                 log::warn!("conn {}.{}: reader too slow, {backlog} bytes queued; closing", self.io.idx, conn.id);
                 self.close(key, "outbound queue over its cap");
+            } else if conn.out.is_empty() && mem::take(&mut conn.notify_flushed) {
+                flushed.push(Loc { reactor: self.io.idx, token: key, conn: conn.id });
             }
+        }
+        for at in flushed {
+            self.handler.on_flushed(&mut self.io, at);
         }
         if self.io.dirty.is_empty() {
             self.io.dirty = dirty; // keep the allocation
@@ -543,6 +556,13 @@ impl<H: Handler> Io<H> for Transport<H> {
                 Ok(())
             }
             _ => Err(out),
+        }
+    }
+
+    fn notify_flushed(&mut self, at: Loc) {
+        if let Some(conn) = self.conn_mut(at) {
+            conn.notify_flushed = true;
+            self.dirty.push(at.token);
         }
     }
 

@@ -268,7 +268,7 @@ impl ChatHandler {
     fn deliver(&mut self, io: &mut impl Io<Self>, d: Delivery) {
         match self.sessions.get_mut(d.to) {
             Some(s) if s.state.expects(d.user) => {
-                if s.acks.is_some() {
+                if s.acks.is_some() || s.streaming {
                     // Stored first; the session reads it from its mailbox, in order.
                     self.spill(vec![(d.user, d.msg)]);
                 } else if s.job {
@@ -419,7 +419,9 @@ impl ChatHandler {
                     let mailbox = data.offline.into_iter().map(|m| (data.id, delivered(m))).collect();
                     self.end_session(io, at, data.id, mailbox, false);
                 }
-                Effect::Drained { user, msgs } => self.spill(msgs.into_iter().map(|m| (user, delivered(m))).collect()),
+                Effect::Drained { user, msgs, .. } => {
+                    self.spill(msgs.into_iter().map(|m| (user, delivered(m))).collect())
+                }
                 Effect::Peeked { .. } => {} // read, not taken: the rows are still in the mailbox
             }
             return;
@@ -439,13 +441,13 @@ impl ChatHandler {
         let mut forget = None;
         match outcome.effect {
             Effect::None => {}
-            Effect::LoggedIn { data, seq } => {
+            Effect::LoggedIn { data, bytes, more } => {
                 log::debug!("conn {}.{}: user {} logged in", at.reactor, at.conn, data.id);
-                let bytes = reply::login_ok(&data, seq.as_ref());
                 let (id, name, acks) = (data.id, data.name, data.acks);
                 match io.send(at, Out::LoginAck { user: id, bytes, offline: data.offline }) {
                     Ok(()) => {
                         session.state = SessionState::Live(User { id, name });
+                        session.streaming = more;
                         if acks {
                             // What waits follows the ack, as ordinary deliveries.
                             session.acks = Some(AckState::new(self.service.window()));
@@ -461,7 +463,8 @@ impl ChatHandler {
                     }
                 }
             }
-            Effect::Drained { user, msgs } => {
+            Effect::Drained { user, msgs, more } => {
+                session.streaming = more && session.state.live_id() == Some(user);
                 for m in msgs {
                     let out = Out::Chat(user, delivered(m));
                     match session.state.live_id() == Some(user) {
@@ -497,8 +500,13 @@ impl ChatHandler {
         let drain = wanted.then(|| session.state.live_id()).flatten();
         // Deliveries that waited for this job now follow its answer, unless the mailbox is to be
         // fetched first: they were sent after what it holds, so they wait behind the drain too.
-        if session.acks.is_some() {
-            unsent.append(&mut session.held); // an acks session reads everything from its mailbox
+        if session.acks.is_some() || session.streaming {
+            // An acks session reads everything from its mailbox; so does a session still being
+            // given its mailbox in slices, so that nothing newer overtakes what waits there.
+            unsent.append(&mut session.held);
+        }
+        if session.streaming {
+            io.notify_flushed(at); // the next slice once this one is out
         }
         if drain.is_none() {
             for (user, msg) in mem::take(&mut session.held) {
@@ -594,6 +602,13 @@ impl Handler for ChatHandler {
         self.closed(io, at, unsent);
     }
 
+    /// A session given its mailbox in slices wrote the last one: fetch the next.
+    fn on_flushed(&mut self, io: &mut impl Io<Self>, at: Loc) {
+        if self.sessions.get_mut(at).is_some_and(|s| s.streaming && s.acks.is_none()) {
+            self.fetch_mailbox(io, at);
+        }
+    }
+
     /// Ends acks sessions that stopped acknowledging: a connection that died without a FIN or
     /// a reset (a blackholed path, a proxy that hangs) still looks open, and would keep its
     /// user online (errno 2 at the next login) until TCP keepalive, if ever, noticed. What
@@ -641,7 +656,7 @@ impl Handler for ChatHandler {
                 Event::JobDone { outcome: Outcome { effect: Effect::LoggedIn { data, .. }, .. }, .. } => {
                     self.spill(data.offline.into_iter().map(|m| (data.id, delivered(m))).collect());
                 }
-                Event::JobDone { outcome: Outcome { effect: Effect::Drained { user, msgs }, .. }, .. } => {
+                Event::JobDone { outcome: Outcome { effect: Effect::Drained { user, msgs, .. }, .. }, .. } => {
                     self.spill(msgs.into_iter().map(|m| (user, delivered(m))).collect());
                 }
                 _ => {}

@@ -7,8 +7,13 @@ use super::{Delivery, Effect, Job, JobKind, Loc, Outcome, Outlet, Service};
 use crate::proto::message::Target;
 use crate::proto::reply::{self, LoginData};
 use crate::proto::{Errno, MsgId};
-use crate::store::{Conversation, Mid};
+use crate::store::{Conversation, Mid, StoreResult};
 use crate::UserId;
+
+/// Most messages one login ack (or one drain) takes from a mailbox; the rest follow in slices.
+pub(crate) const SLICE_MESSAGES: usize = 1000;
+/// Most bytes of messages one slice takes (a single larger message still goes, alone).
+pub(crate) const SLICE_BYTES: usize = 1024 * 1024;
 
 /// A dependency failed; the request is answered with errno 10 and the cause logged once, with
 /// the job it stopped.
@@ -117,9 +122,10 @@ impl Service {
         let result: Result<Outcome, Unavailable> = (|| {
             Ok(match job.kind {
                 JobKind::Login { id, password, acks } => match self.login(id, &password, here, acks)? {
-                    Ok(data) => {
+                    Ok((data, more)) => {
                         self.retry_releases(outlet); // the bus answered the claim
-                        Outcome { reply: None, effect: Effect::LoggedIn { data, seq: seq.clone() } }
+                        let bytes = reply::login_ok(&data, seq.as_ref());
+                        Outcome { reply: None, effect: Effect::LoggedIn { data, bytes, more } }
                     }
                     Err(errno) => error(errno, errno.message()),
                 },
@@ -225,7 +231,8 @@ impl Service {
                     ok(None)
                 }
                 JobKind::Drain { user } => {
-                    Outcome { reply: None, effect: Effect::Drained { user, msgs: self.store.take_offline(user)? } }
+                    let (msgs, more) = self.take_mailbox_slice(user)?;
+                    Outcome { reply: None, effect: Effect::Drained { user, msgs, more } }
                 }
                 JobKind::Offline { user } => {
                     self.go_offline(user, outlet)?;
@@ -250,13 +257,35 @@ impl Service {
     /// Checks the password, claims presence, then reads what the ack shows. The mailbox is taken
     /// last and presence registered first: a message stored after the take finds the user live.
     /// An acks login leaves the mailbox in place: its session reads it after the ack.
+    /// Takes the oldest messages of a canonical session's mailbox, at most one slice (by count
+    /// and bytes), so no login ack or drain is unbounded: a full mailbox of large messages would
+    /// otherwise be one huge write, built and queued at once. `true`: more is waiting.
+    fn take_mailbox_slice(&self, user: UserId) -> StoreResult<(Vec<String>, bool)> {
+        let rows = self.store.peek_offline(user, 0, SLICE_MESSAGES)?;
+        let mut more = rows.len() >= SLICE_MESSAGES;
+        let (mut ids, mut msgs, mut bytes) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()), 0);
+        for (row, text) in rows {
+            if !msgs.is_empty() && bytes + text.len() > SLICE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += text.len();
+            ids.push(row);
+            msgs.push(text);
+        }
+        if !ids.is_empty() {
+            self.store.delete_offline(user, &ids)?;
+        }
+        Ok((msgs, more))
+    }
+
     fn login(
         &self,
         id: UserId,
         password: &str,
         here: Loc,
         acks: bool,
-    ) -> Result<Result<LoginData, Errno>, Unavailable> {
+    ) -> Result<Result<(LoginData, bool), Errno>, Unavailable> {
         let user = self.store.user(id)?;
         if !self.hasher.verify(password, user.as_ref().map(|u| u.password.as_str())) {
             return Ok(Err(Errno::Credentials));
@@ -265,7 +294,7 @@ impl Service {
         if !self.presence.insert_if_absent(id, here, acks) {
             return Ok(Err(Errno::AlreadyOnline));
         }
-        let gather = || -> Result<Result<LoginData, Errno>, Unavailable> {
+        let gather = || -> Result<Result<(LoginData, bool), Errno>, Unavailable> {
             if !self.bus.claim(id, Some(acks))? {
                 return Ok(Err(Errno::AlreadyOnline));
             }
@@ -284,8 +313,8 @@ impl Service {
                     reply::group_entry(g.id, &g.name, &g.desc, &users)
                 })
                 .collect();
-            let offline = if acks { Vec::new() } else { self.store.take_offline(id)? };
-            Ok(Ok(LoginData { id, name: Arc::from(user.name.as_str()), friends, groups, offline, acks }))
+            let (offline, more) = if acks { (Vec::new(), false) } else { self.take_mailbox_slice(id)? };
+            Ok(Ok((LoginData { id, name: Arc::from(user.name.as_str()), friends, groups, offline, acks }, more)))
         };
         let result = gather();
         if !matches!(result, Ok(Ok(_))) {

@@ -192,11 +192,16 @@ pub(crate) enum Effect {
     None,
     LoggedIn {
         data: LoginData,
-        seq: Option<Value>,
+        /// The login ack, built here on the pool: with a full mailbox it is large.
+        bytes: Vec<u8>,
+        /// The mailbox held more than one ack carries: the rest follows in slices.
+        more: bool,
     },
     Drained {
         user: UserId,
         msgs: Vec<String>,
+        /// More is waiting than one slice carries.
+        more: bool,
     },
     Peeked {
         user: UserId,

@@ -64,6 +64,9 @@ pub(super) struct Session {
     pub held: Vec<(UserId, Arc<str>)>,
     /// A mailbox drain was asked for while a job was in flight.
     pub drain_wanted: bool,
+    /// A canonical session's mailbox is larger than one slice: it is being sent slice by
+    /// slice, each once the one before is written, and live messages queue behind it there.
+    pub streaming: bool,
     /// The chat messages this connection sent that are not answered yet, and what was to be
     /// answered after them, in request order.
     pub sent: VecDeque<Sent>,
@@ -135,6 +138,7 @@ impl Session {
             job: false,
             held: Vec::new(),
             drain_wanted: false,
+            streaming: false,
             sent: VecDeque::new(),
             deferred: None,
             acks: None,

@@ -27,6 +27,8 @@ struct FakeConn {
     queued: Vec<Out>,
     paused: bool,
     lingering: bool,
+    /// The handler asked to hear when the queue is written (it never is here).
+    wants_flushed: bool,
 }
 
 /// A recording fake of the transport: output is queued and never written, channel messages
@@ -55,6 +57,12 @@ impl Io<ChatHandler> for FakeIo {
                 Ok(())
             }
             _ => Err(out),
+        }
+    }
+
+    fn notify_flushed(&mut self, at: Loc) {
+        if let Some(c) = self.conns.get_mut(&at) {
+            c.wants_flushed = true;
         }
     }
 
