@@ -481,7 +481,7 @@ impl ChatHandler {
                     for (row, text) in rows {
                         acks.cursor = acks.cursor.max(row);
                         match ChatMessage::decode(&text).and_then(|m| m.mid) {
-                            Some(mid) => drop(acks.unacked.insert(mid, row)),
+                            Some(mid) => acks.unacked.insert(mid, row),
                             None => legacy.push(row), // stored before mids: delivered once, as in v1
                         }
                         // Sent as a reply: it stays in the mailbox, nothing to store if unsent.

@@ -10,7 +10,7 @@
 //! While a job is in flight the connection reads nothing further (per-connection order), and
 //! deliveries for it are held, to follow the job's answer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,8 +81,8 @@ pub(super) struct Session {
 #[derive(Debug)]
 pub(crate) struct AckState {
     pub window: usize,
-    /// Delivered, not yet acknowledged: mid → mailbox row.
-    pub unacked: HashMap<Mid, u64>,
+    /// Delivered, not yet acknowledged.
+    pub unacked: Unacked,
     /// The last mailbox row read.
     pub cursor: u64,
     /// More may be waiting than the window let through.
@@ -93,7 +93,7 @@ pub(crate) struct AckState {
 
 impl AckState {
     pub(crate) fn new(window: usize) -> AckState {
-        AckState { window, unacked: HashMap::new(), cursor: 0, more: true, stalled_since: None }
+        AckState { window, unacked: Unacked::default(), cursor: 0, more: true, stalled_since: None }
     }
 
     /// Deliveries went out: the clock runs unless it already does.
@@ -116,6 +116,36 @@ impl AckState {
     /// How many more may be delivered now.
     pub(crate) fn room(&self) -> usize {
         self.window.saturating_sub(self.unacked.len())
+    }
+}
+
+/// An acks session's deliveries awaiting acknowledgement, (mid, mailbox row) in delivery order.
+/// A flat queue rather than a map: 16 bytes per message, so a full window of 1,000 costs 16 KiB
+/// per session, and clients acknowledge mostly oldest first, which is the cheap case.
+#[derive(Debug, Default)]
+pub(crate) struct Unacked(VecDeque<(Mid, u64)>);
+
+impl Unacked {
+    pub(crate) fn insert(&mut self, mid: Mid, row: u64) {
+        self.0.push_back((mid, row));
+    }
+
+    /// The row of the oldest delivery of `mid`, now acknowledged.
+    pub(crate) fn remove(&mut self, mid: &Mid) -> Option<u64> {
+        let at = self.0.iter().position(|(m, _)| m == mid)?;
+        let (_, row) = self.0.remove(at)?;
+        if self.0.is_empty() && self.0.capacity() > 64 {
+            self.0 = VecDeque::new(); // a session that caught up gives the memory back
+        }
+        Some(row)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
