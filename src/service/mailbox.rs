@@ -13,7 +13,10 @@ use parking_lot::Mutex;
 
 use super::{stored_form, Outlet, Presence};
 use crate::bus::Bus;
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{OfflineWrite, Store, StoreError, StoreResult};
+
+/// Most queued writes a lane commits together.
+const LANE_BATCH: usize = 256;
 use crate::UserId;
 
 /// Where a lane reports: a waiting caller, or (for spills) nobody but the log.
@@ -45,9 +48,37 @@ struct Writer {
 }
 
 impl Writer {
+    /// Carries out the writes queued on a lane in one store transaction (group commit: a lane
+    /// under load pays one commit for many messages), each write still all or none with its
+    /// own cap. If the batch fails, each is tried alone, so each caller gets its own answer.
+    fn write_batch(&self, batch: Vec<Write>) {
+        if batch.len() == 1 {
+            batch.into_iter().for_each(|w| self.write(w));
+            return;
+        }
+        let writes: Vec<OfflineWrite<'_>> = batch
+            .iter()
+            .map(|w| OfflineWrite { user: w.user, msgs: w.msgs.iter().map(|m| stored_form(m)).collect(), cap: w.cap })
+            .collect();
+        let result = self.store.store_offline_batch(&writes);
+        drop(writes);
+        match result {
+            Ok(stored) if stored.len() == batch.len() => {
+                for (w, stored) in batch.into_iter().zip(stored) {
+                    self.finish(w, Ok(stored));
+                }
+            }
+            _ => batch.into_iter().for_each(|w| self.write(w)),
+        }
+    }
+
     fn write(&self, w: Write) {
         let stored: Vec<&str> = w.msgs.iter().map(|m| stored_form(m)).collect();
         let result = self.store.store_offline(w.user, &stored, w.cap);
+        self.finish(w, result);
+    }
+
+    fn finish(&self, w: Write, result: StoreResult<bool>) {
         if let (Ok(true), Some(outlet)) = (&result, &w.poke) {
             poke_if_online(&self.presence, &*self.bus, &**outlet, w.user);
         }
@@ -78,11 +109,13 @@ impl Mailboxes {
         for i in 0..lanes.max(1) {
             let (tx, rx) = unbounded::<Write>();
             let writer = writer.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("mailbox-{i}"))
-                    .spawn(move || rx.iter().for_each(|w| writer.write(w)))?,
-            );
+            threads.push(std::thread::Builder::new().name(format!("mailbox-{i}")).spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter().take(LANE_BATCH - 1));
+                    writer.write_batch(batch);
+                }
+            })?);
             senders.push(tx);
         }
         Ok(Mailboxes { lanes: Mutex::new(senders), threads: Mutex::new(threads), inline: None })

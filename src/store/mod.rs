@@ -114,6 +114,14 @@ fn logged_message(
     Some(ChatMessage { from, name, to, msg, time, ts, mid: Some(mid), cid })
 }
 
+/// One user's part of [`Store::store_offline_batch`].
+#[derive(Debug)]
+pub struct OfflineWrite<'a> {
+    pub user: UserId,
+    pub msgs: Vec<&'a str>,
+    pub cap: Option<usize>,
+}
+
 /// Why the store could not answer. A request that meets one gets errno 10 and nothing was
 /// changed; the cause is kept for the log.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +199,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends messages to a user's mailbox, all or none. With `cap`, refuses (returns `false`)
     /// when the mailbox would pass `cap` messages.
     fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool>;
+    /// Several `store_offline` writes, in order, each all or none with its own cap; a store that
+    /// can do them in one transaction (group commit) does.
+    fn store_offline_batch(&self, writes: &[OfflineWrite<'_>]) -> StoreResult<Vec<bool>> {
+        writes.iter().map(|w| self.store_offline(w.user, &w.msgs, w.cap)).collect()
+    }
     /// Removes and returns a user's mailbox, oldest first, in one transaction.
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>>;
     /// Reads up to `limit` messages of a user's mailbox after row `after`, oldest first, with
@@ -290,6 +303,12 @@ pub(crate) mod tests {
         assert!(s.waiting_mailboxes(0, 0).unwrap().is_empty());
         assert_eq!(s.take_offline(b).unwrap(), vec!["2", "3"]);
         assert!(s.take_offline(b).unwrap().is_empty());
+        // A batch: in order, each write with its own cap, later ones counting earlier ones.
+        let w = |user, msgs: &[&'static str], cap| super::OfflineWrite { user, msgs: msgs.to_vec(), cap };
+        let batch = [w(b, &["4", "5"], Some(3)), w(a, &["x"], None), w(b, &["6", "7"], Some(3)), w(b, &["8"], Some(3))];
+        assert_eq!(s.store_offline_batch(&batch).unwrap(), vec![true, true, false, true]);
+        assert_eq!(s.take_offline(b).unwrap(), vec!["4", "5", "8"]);
+        assert_eq!(s.take_offline(a).unwrap(), vec!["x"]);
         message_log(s, a, b, g);
     }
 

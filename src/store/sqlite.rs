@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, ToSql, TransactionBehavior
 use std::collections::HashMap;
 
 use super::{
-    logged_message, Conversation, GroupRecord, HistoryPage, Logged, MemberRecord, Mid, NewMessage, Store, StoreError,
-    StoreResult, UserRecord,
+    logged_message, Conversation, GroupRecord, HistoryPage, Logged, MemberRecord, Mid, NewMessage, OfflineWrite, Store,
+    StoreError, StoreResult, UserRecord,
 };
 use crate::proto::message::Target;
 use crate::{GroupId, UserId};
@@ -243,6 +243,32 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(true)
+        })
+    }
+
+    fn store_offline_batch(&self, writes: &[OfflineWrite<'_>]) -> StoreResult<Vec<bool>> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut stored = Vec::with_capacity(writes.len());
+            {
+                let mut count = tx.prepare_cached("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ?1")?;
+                let mut insert = tx.prepare_cached("INSERT INTO OfflineMessage (userid, message) VALUES (?1, ?2)")?;
+                for w in writes {
+                    if let Some(cap) = w.cap {
+                        let held: i64 = count.query_row([w.user], |r| r.get(0))?;
+                        if usize::try_from(held).unwrap_or(usize::MAX).saturating_add(w.msgs.len()) > cap {
+                            stored.push(false);
+                            continue;
+                        }
+                    }
+                    for m in &w.msgs {
+                        insert.execute(params![w.user, m])?;
+                    }
+                    stored.push(true);
+                }
+            }
+            tx.commit()?;
+            Ok(stored)
         })
     }
 
