@@ -311,6 +311,12 @@ impl ChatHandler {
         }
         let Some(user) = s.state.live_id() else { return };
         let kind = match &s.acks {
+            // After the slice being written: `on_flushed` fetches, and live messages wait
+            // behind it in the mailbox meanwhile.
+            None if s.slice_unflushed => {
+                s.streaming = true;
+                return;
+            }
             None => JobKind::Drain { user },
             Some(acks) if !acks.more || acks.room() == 0 => return,
             Some(acks) => JobKind::Peek { user, after: acks.cursor, limit: acks.room() },
@@ -439,6 +445,11 @@ impl ChatHandler {
         }
         let mut ended = None;
         let mut forget = None;
+        let sliced = match &outcome.effect {
+            Effect::LoggedIn { data, .. } => !data.acks,
+            Effect::Drained { .. } => session.acks.is_none(),
+            _ => false,
+        };
         match outcome.effect {
             Effect::None => {}
             Effect::LoggedIn { data, bytes, more } => {
@@ -505,7 +516,8 @@ impl ChatHandler {
             // given its mailbox in slices, so that nothing newer overtakes what waits there.
             unsent.append(&mut session.held);
         }
-        if session.streaming {
+        if sliced {
+            session.slice_unflushed = true;
             io.notify_flushed(at); // the next slice once this one is out
         }
         if drain.is_none() {
@@ -604,7 +616,9 @@ impl Handler for ChatHandler {
 
     /// A session given its mailbox in slices wrote the last one: fetch the next.
     fn on_flushed(&mut self, io: &mut impl Io<Self>, at: Loc) {
-        if self.sessions.get_mut(at).is_some_and(|s| s.streaming && s.acks.is_none()) {
+        let Some(s) = self.sessions.get_mut(at) else { return };
+        s.slice_unflushed = false;
+        if s.streaming && s.acks.is_none() {
             self.fetch_mailbox(io, at);
         }
     }

@@ -254,9 +254,6 @@ impl Service {
         })
     }
 
-    /// Checks the password, claims presence, then reads what the ack shows. The mailbox is taken
-    /// last and presence registered first: a message stored after the take finds the user live.
-    /// An acks login leaves the mailbox in place: its session reads it after the ack.
     /// Takes the oldest messages of a canonical session's mailbox, at most one slice (by count
     /// and bytes), so no login ack or drain is unbounded: a full mailbox of large messages would
     /// otherwise be one huge write, built and queued at once. `true`: more is waiting.
@@ -279,6 +276,9 @@ impl Service {
         Ok((msgs, more))
     }
 
+    /// Checks the password, claims presence, then reads what the ack shows. The mailbox is taken
+    /// last and presence registered first: a message stored after the take finds the user live.
+    /// An acks login leaves the mailbox in place: its session reads it after the ack.
     fn login(
         &self,
         id: UserId,

@@ -67,6 +67,9 @@ pub(super) struct Session {
     /// A canonical session's mailbox is larger than one slice: it is being sent slice by
     /// slice, each once the one before is written, and live messages queue behind it there.
     pub streaming: bool,
+    /// A mailbox slice is written to the socket but not out of it yet: the next drain waits
+    /// for it, so the store, not the output queue, holds a mailbox the reader has not taken.
+    pub slice_unflushed: bool,
     /// The chat messages this connection sent that are not answered yet, and what was to be
     /// answered after them, in request order.
     pub sent: VecDeque<Sent>,
@@ -169,6 +172,7 @@ impl Session {
             held: Vec::new(),
             drain_wanted: false,
             streaming: false,
+            slice_unflushed: false,
             sent: VecDeque::new(),
             deferred: None,
             acks: None,
