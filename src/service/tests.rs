@@ -27,7 +27,8 @@ struct FakeConn {
     queued: Vec<Out>,
     paused: bool,
     lingering: bool,
-    /// The handler asked to hear when the queue is written (it never is here).
+    /// The handler asked to hear when the queue is written: `settle` tells it once nothing
+    /// else is left to run (the queue then counts as written; it stays for `take_lines`).
     wants_flushed: bool,
 }
 
@@ -188,7 +189,7 @@ impl Node {
         true
     }
 
-    /// Runs tasks and hands over messages until neither is left.
+    /// Runs tasks, hands over messages and reports written queues until none is left.
     fn settle(&mut self) {
         loop {
             if let Ok(task) = self.tasks.try_recv() {
@@ -197,6 +198,9 @@ impl Node {
                 continue;
             } else if let Some(e) = self.next_event() {
                 self.handle(e);
+            } else if let Some((&at, c)) = self.io.conns.iter_mut().find(|(_, c)| c.wants_flushed) {
+                c.wants_flushed = false;
+                self.handler.on_flushed(&mut self.io, at);
             } else {
                 return;
             }
