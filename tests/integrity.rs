@@ -73,7 +73,9 @@ fn a_node_killed_and_restarted_loses_nothing() {
     let store = support::fresh_store(dir.path());
     let listen = format!("127.0.0.1:{}", support::stable_port());
     let mut node = ServerProcess::spawn_on(&listen, &store, &[]);
-    let r = run_with(plan(vec![listen.clone()]), || {
+    // Longer than the other runs: nothing is sent while the node is down and its users log in
+    // again, and what is left must still be enough to judge.
+    let r = run_with(IntegrityPlan { duration: Duration::from_secs(6), ..plan(vec![listen.clone()]) }, || {
         thread::sleep(Duration::from_millis(1500));
         node.signal("KILL");
         let _ = node.child.wait();
