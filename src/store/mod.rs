@@ -136,6 +136,9 @@ pub enum StoreError {
     /// Data the store cannot represent: an id out of range (a table edited by hand).
     #[error("store data out of range: {0}")]
     OutOfRange(&'static str),
+    /// The commit that carried this write along with others failed.
+    #[error("store unavailable: a commit failed")]
+    CommitFailed,
     /// The node is shutting down: its mailbox lanes are gone.
     #[error("store closed")]
     Closed,

@@ -2,10 +2,11 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, ToSql, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use std::collections::HashMap;
 
@@ -54,12 +55,117 @@ const PRUNE_CHUNK: usize = 1000;
 
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// Every write goes through this one connection. SQLite lets one writer in at a time, and
+    /// a connection that finds another writing waits in its busy handler, which sleeps (1, 2,
+    /// 5, 10 ms and on): writers queue here instead, and share commits.
+    writer: SharedCommit,
+    /// Readers, beside the writer (WAL).
     conns: Vec<Mutex<Connection>>,
     next: AtomicUsize,
     /// The next mid. This process is the database's only writer (one node), so the counter
     /// lives here instead of in a row every commit would write; `MessageSeq` keeps what a
     /// restart could not see in `Message` (a removed last message).
     next_mid: Mutex<Mid>,
+    /// Dropped with the store: the checkpoint thread ends.
+    _checkpoints: Sender<()>,
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Copies committed WAL frames into the database (and syncs it, which is when NORMAL syncs)
+/// beside the writer: a passive checkpoint takes no lock a writer or a reader waits for. The
+/// writer's own checkpoint (inside a commit, every 1,000 pages, which lets the WAL start over
+/// instead of growing) then finds little left to copy, so writers seldom wait for it.
+fn checkpoint_loop(conn: &Connection, stopped: &crossbeam_channel::Receiver<()>) {
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            log::warn!("sqlite: checkpoint failed: {e}");
+        }
+    }
+}
+
+/// Most writes one commit carries, and the longest a transaction stays open for more: a
+/// writer waits for its commit at most about this long behind others' writes.
+const COMMIT_WRITES: usize = 256;
+const COMMIT_OPEN: Duration = Duration::from_millis(1);
+
+/// The writer connection, shared by every thread that writes, with commits shared too: a
+/// writer that sees others queued behind it leaves the transaction open for them and waits,
+/// and the last of the queue (or the one that reaches a bound) commits for all. A commit is
+/// most of a small write's cost (WAL frames, checksums, locks), and the log writer, the
+/// mailbox lanes and the pool write at once, so this pays one commit for what they bring
+/// together. Each write runs in its own savepoint: a failed one undoes only itself.
+#[derive(Debug)]
+struct SharedCommit {
+    state: Mutex<Txn>,
+    /// Writers waiting for `state`: while there are any, the transaction stays open.
+    queued: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Txn {
+    conn: Connection,
+    /// When the open transaction began (`None`: none is open).
+    since: Option<Instant>,
+    writes: usize,
+    /// Writers whose work is in the open transaction and who wait for its commit.
+    waiting: Vec<Sender<bool>>,
+}
+
+impl SharedCommit {
+    fn new(conn: Connection) -> SharedCommit {
+        let txn = Txn { conn, since: None, writes: 0, waiting: Vec::new() };
+        SharedCommit { state: Mutex::new(txn), queued: AtomicUsize::new(0) }
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let mut t = self.state.lock();
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        if t.since.is_none() {
+            t.conn.execute_batch("BEGIN IMMEDIATE")?;
+            t.since = Some(Instant::now());
+            t.writes = 0;
+        }
+        let result = t.conn.execute_batch("SAVEPOINT w").and_then(|()| f(&mut t.conn));
+        let end = if result.is_ok() { "RELEASE w" } else { "ROLLBACK TO w; RELEASE w" };
+        if let Err(e) = t.conn.execute_batch(end) {
+            // The transaction is broken (SQLite may have rolled it back): nobody's work in it
+            // is committed.
+            self.finish(&mut t, false);
+            return Err(e.into());
+        }
+        t.writes += 1;
+        let full = t.writes >= COMMIT_WRITES || t.since.is_some_and(|s| s.elapsed() >= COMMIT_OPEN);
+        if self.queued.load(Ordering::SeqCst) > 0 && !full {
+            // One of those queued will commit this work with its own (each queued writer
+            // takes the lock and finds the queue empty or the bound reached in the end).
+            let (tx, rx) = bounded(1);
+            t.waiting.push(tx);
+            drop(t);
+            return match rx.recv() {
+                Ok(true) => Ok(result?),
+                _ => Err(StoreError::CommitFailed),
+            };
+        }
+        let committed = t.conn.execute_batch("COMMIT");
+        let ok = committed.is_ok();
+        self.finish(&mut t, ok);
+        committed?;
+        Ok(result?)
+    }
+
+    /// Ends the open transaction (rolled back unless `committed`) and tells its writers.
+    fn finish(&self, t: &mut Txn, committed: bool) {
+        if !committed && !t.conn.is_autocommit() {
+            let _ = t.conn.execute_batch("ROLLBACK");
+        }
+        t.since = None;
+        for w in t.waiting.drain(..) {
+            let _ = w.send(committed);
+        }
+    }
 }
 
 /// Ids are `INTEGER` in SQLite; anything outside `u32` means the file was edited by hand.
@@ -68,11 +174,11 @@ fn id_of(v: i64) -> rusqlite::Result<u32> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` with `conns` connections.
+    /// Opens (creating if needed) the database at `path` with a writer and `conns` readers.
     pub fn open(path: impl AsRef<Path>, conns: usize) -> StoreResult<SqliteStore> {
         let path = path.as_ref();
         let mut all = Vec::new();
-        for i in 0..conns.max(1) {
+        for i in 0..=conns.max(1) {
             let conn = Connection::open(path)
                 .map_err(|e| StoreError::Open { spec: path.display().to_string(), source: Box::new(e.into()) })?;
             conn.busy_timeout(Duration::from_secs(5))?;
@@ -82,21 +188,40 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "OFF")?;
-            conn.pragma_update(None, "cache_size", -32_768)?;
             if i == 0 {
+                // The writer's cache holds the pages it last wrote (the tails of the tables);
+                // readers keep what history queries read.
+                conn.pragma_update(None, "cache_size", -4_096)?;
                 conn.execute_batch(SCHEMA)?;
+            } else {
+                conn.pragma_update(None, "cache_size", -32_768)?;
             }
             all.push(Mutex::new(conn));
         }
-        let next_mid: i64 = all[0].lock().query_row(
+        let checkpoints = Connection::open(path)?;
+        checkpoints.busy_timeout(Duration::from_secs(5))?;
+        let (stop, stopped) = bounded::<()>(0);
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoints, &stopped))
+            .map_err(|e| StoreError::Spec(format!("starting the checkpoint thread: {e}")))?;
+        let writer = all.remove(0).into_inner();
+        let next_mid: i64 = writer.query_row(
             "SELECT MAX((SELECT IFNULL(MAX(mid), 0) + 1 FROM Message), (SELECT next FROM MessageSeq WHERE id = 1))",
             [],
             |r| r.get(0),
         )?;
-        Ok(SqliteStore { conns: all, next: AtomicUsize::new(0), next_mid: Mutex::new(next_mid.max(1) as Mid) })
+        let next_mid = Mutex::new(next_mid.max(1) as Mid);
+        let writer = SharedCommit::new(writer);
+        Ok(SqliteStore { writer, conns: all, next: AtomicUsize::new(0), next_mid, _checkpoints: stop })
     }
 
-    /// Runs `f` on a free connection, or waits for one.
+    /// Runs `f`, which writes, all or nothing; returns once what it wrote is committed.
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        self.writer.write(f)
+    }
+
+    /// Runs `f`, which only reads, on a free reader, or waits for one.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
         let result = match self.conns.iter().find_map(|c| c.try_lock()) {
             Some(mut conn) => f(&mut conn),
@@ -111,7 +236,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<Option<UserId>> {
-        self.with(|c| {
+        self.write(|c| {
             let inserted =
                 c.execute("INSERT OR IGNORE INTO User (name, password) VALUES (?1, ?2)", params![name, password_hash])?;
             if inserted == 0 {
@@ -135,16 +260,16 @@ impl Store for SqliteStore {
 
     fn set_state(&self, id: UserId, online: bool) -> StoreResult<()> {
         let state = if online { "online" } else { "offline" };
-        self.with(|c| {
+        self.write(|c| {
             c.prepare_cached("UPDATE User SET state = ?2 WHERE id = ?1")?.execute(params![id, state]).map(drop)
         })
     }
 
     fn add_friend(&self, a: UserId, b: UserId) -> StoreResult<()> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(|c| {
+            let tx = &*c;
             tx.execute("INSERT OR IGNORE INTO Friend (userid, friendid) VALUES (?1, ?2), (?2, ?1)", params![a, b])?;
-            tx.commit()
+            Ok(())
         })
     }
 
@@ -159,21 +284,20 @@ impl Store for SqliteStore {
     }
 
     fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(|c| {
+            let tx = &*c;
             tx.execute("INSERT INTO AllGroup (groupname, groupdesc) VALUES (?1, ?2)", params![name, desc])?;
             let id = id_of(tx.last_insert_rowid())?;
             tx.execute(
                 "INSERT INTO GroupUser (groupid, userid, grouprole) VALUES (?1, ?2, 'creator')",
                 params![id, creator],
             )?;
-            tx.commit()?;
             Ok(id)
         })
     }
 
     fn join_group(&self, group: GroupId, user: UserId) -> StoreResult<bool> {
-        self.with(|c| {
+        self.write(|c| {
             let joined = c.execute(
                 "INSERT OR IGNORE INTO GroupUser (groupid, userid, grouprole)
                  SELECT id, ?2, 'normal' FROM AllGroup WHERE id = ?1",
@@ -225,8 +349,8 @@ impl Store for SqliteStore {
     }
 
     fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(|c| {
+            let tx = &*c;
             if let Some(cap) = cap {
                 let held: i64 = tx
                     .prepare_cached("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ?1")?
@@ -241,14 +365,13 @@ impl Store for SqliteStore {
                     st.execute(params![user, m])?;
                 }
             }
-            tx.commit()?;
             Ok(true)
         })
     }
 
     fn store_offline_batch(&self, writes: &[OfflineWrite<'_>]) -> StoreResult<Vec<bool>> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(|c| {
+            let tx = &*c;
             let mut stored = Vec::with_capacity(writes.len());
             {
                 let mut count = tx.prepare_cached("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ?1")?;
@@ -267,14 +390,13 @@ impl Store for SqliteStore {
                     stored.push(true);
                 }
             }
-            tx.commit()?;
             Ok(stored)
         })
     }
 
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(|c| {
+            let tx = &*c;
             let msgs = {
                 let mut st = tx.prepare_cached("SELECT message FROM OfflineMessage WHERE userid = ?1 ORDER BY id")?;
                 let rows = st.query_map([user], |r| r.get(0))?;
@@ -283,7 +405,6 @@ impl Store for SqliteStore {
             if !msgs.is_empty() {
                 tx.execute("DELETE FROM OfflineMessage WHERE userid = ?1", [user])?;
             }
-            tx.commit()?;
             Ok(msgs)
         })
     }
@@ -301,15 +422,15 @@ impl Store for SqliteStore {
     }
 
     fn delete_offline(&self, user: UserId, ids: &[u64]) -> StoreResult<()> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(|c| {
+            let tx = &*c;
             {
                 let mut st = tx.prepare_cached("DELETE FROM OfflineMessage WHERE userid = ?1 AND id = ?2")?;
                 for &id in ids {
                     st.execute(params![user, id as i64])?;
                 }
             }
-            tx.commit()
+            Ok(())
         })
     }
 
@@ -327,8 +448,8 @@ impl Store for SqliteStore {
 
     fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
         let mut next_mid = self.next_mid.lock();
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(|c| {
+            let tx = &*c;
             let mut out = Vec::with_capacity(batch.len());
             let mut next = *next_mid;
             {
@@ -376,7 +497,6 @@ impl Store for SqliteStore {
                     one.execute(&*cols.params().collect::<Vec<_>>())?;
                 }
             }
-            tx.commit()?;
             *next_mid = next;
             Ok(out)
         })
@@ -384,13 +504,13 @@ impl Store for SqliteStore {
 
     fn unlog(&self, mid: Mid) -> StoreResult<()> {
         let next_mid = self.next_mid.lock();
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(|c| {
+            let tx = &*c;
             tx.execute("DELETE FROM MessageCid WHERE mid = ?1 AND (sender, cid) IN (SELECT sender, cid FROM Message WHERE mid = ?1)", [mid as i64])?;
             tx.execute("DELETE FROM Message WHERE mid = ?1", [mid as i64])?;
             // Were it the last, its mid would come back after a restart: remember the next one.
             tx.execute("UPDATE MessageSeq SET next = MAX(next, ?1) WHERE id = 1", [*next_mid as i64])?;
-            tx.commit()
+            Ok(())
         })
     }
 
@@ -442,14 +562,13 @@ impl Store for SqliteStore {
         let mut total = 0;
         loop {
             let next_mid = self.next_mid.lock();
-            let n = self.with(|c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = self.write(|c| {
+                let tx = &*c;
                 let n = tx.execute(
                     "DELETE FROM Message WHERE mid IN (SELECT mid FROM Message WHERE ts < ?1 LIMIT ?2)",
                     params![ts as i64, PRUNE_CHUNK as i64],
                 )?;
                 tx.execute("UPDATE MessageSeq SET next = MAX(next, ?1) WHERE id = 1", [*next_mid as i64])?;
-                tx.commit()?;
                 Ok(n)
             })?;
             drop(next_mid);
@@ -461,7 +580,7 @@ impl Store for SqliteStore {
     }
 
     fn prune_cids(&self, ts: u64) -> StoreResult<()> {
-        self.with(|c| c.execute("DELETE FROM MessageCid WHERE ts < ?1", [ts as i64]).map(drop))
+        self.write(|c| c.execute("DELETE FROM MessageCid WHERE ts < ?1", [ts as i64]).map(drop))
     }
 }
 
