@@ -619,6 +619,40 @@ mod tests {
         assert!(matches!(again[0], Logged::Fresh(m) if m > page.messages.iter().filter_map(|m| m.mid).max().unwrap()));
     }
 
+    /// Writers on many threads share commits: each write is there afterwards, in its
+    /// mailbox's order, and one that fails undoes only itself.
+    #[test]
+    fn concurrent_writes_share_commits_and_fail_alone() {
+        const THREADS: u32 = 8;
+        const WRITES: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("t.db"), 2).unwrap();
+        std::thread::scope(|scope| {
+            for user in 1..=THREADS {
+                let s = &s;
+                scope.spawn(move || {
+                    for n in 0..WRITES {
+                        assert!(s.store_offline(user, &[&format!("{user}:{n}")], None).unwrap());
+                        if n % 50 == 0 {
+                            let failed = s.write(|c| {
+                                c.execute(
+                                    "INSERT INTO OfflineMessage (userid, message) VALUES (?1, 'undone')",
+                                    [user],
+                                )?;
+                                c.execute("INSERT INTO NoSuchTable VALUES (1)", [])
+                            });
+                            assert!(failed.is_err());
+                        }
+                    }
+                });
+            }
+        });
+        for user in 1..=THREADS {
+            let want: Vec<String> = (0..WRITES).map(|n| format!("{user}:{n}")).collect();
+            assert_eq!(s.take_offline(user).unwrap(), want);
+        }
+    }
+
     #[test]
     fn roundtrip() {
         let dir = tempfile::tempdir().unwrap();
