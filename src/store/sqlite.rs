@@ -66,23 +66,6 @@ pub struct SqliteStore {
     /// lives here instead of in a row every commit would write; `MessageSeq` keeps what a
     /// restart could not see in `Message` (a removed last message).
     next_mid: Mutex<Mid>,
-    /// Dropped with the store: the checkpoint thread ends.
-    _checkpoints: Sender<()>,
-}
-
-/// How often the WAL is copied back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-
-/// Copies committed WAL frames into the database (and syncs it, which is when NORMAL syncs)
-/// beside the writer: a passive checkpoint takes no lock a writer or a reader waits for. The
-/// writer's own checkpoint (inside a commit, every 1,000 pages, which lets the WAL start over
-/// instead of growing) then finds little left to copy, so writers seldom wait for it.
-fn checkpoint_loop(conn: &Connection, stopped: &crossbeam_channel::Receiver<()>) {
-    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            log::warn!("sqlite: checkpoint failed: {e}");
-        }
-    }
 }
 
 /// Most writes one commit carries, and the longest a transaction stays open for more: a
@@ -198,13 +181,6 @@ impl SqliteStore {
             }
             all.push(Mutex::new(conn));
         }
-        let checkpoints = Connection::open(path)?;
-        checkpoints.busy_timeout(Duration::from_secs(5))?;
-        let (stop, stopped) = bounded::<()>(0);
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpoints, &stopped))
-            .map_err(|e| StoreError::Spec(format!("starting the checkpoint thread: {e}")))?;
         let writer = all.remove(0).into_inner();
         let next_mid: i64 = writer.query_row(
             "SELECT MAX((SELECT IFNULL(MAX(mid), 0) + 1 FROM Message), (SELECT next FROM MessageSeq WHERE id = 1))",
@@ -213,7 +189,7 @@ impl SqliteStore {
         )?;
         let next_mid = Mutex::new(next_mid.max(1) as Mid);
         let writer = SharedCommit::new(writer);
-        Ok(SqliteStore { writer, conns: all, next: AtomicUsize::new(0), next_mid, _checkpoints: stop })
+        Ok(SqliteStore { writer, conns: all, next: AtomicUsize::new(0), next_mid })
     }
 
     /// Runs `f`, which writes, all or nothing; returns once what it wrote is committed.
