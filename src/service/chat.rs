@@ -26,6 +26,9 @@ use crate::proto::{reply, Errno, MsgId};
 use crate::store::{Logged, Mid};
 use crate::UserId;
 
+/// Most chat messages of one connection in the log at once (at 16 KiB each, 4 MiB).
+pub(super) const MAX_IN_LOG: usize = 256;
+
 /// What other threads send a chat reactor.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -117,6 +120,10 @@ impl ChatHandler {
         let mut unlogged = None;
         if let Some((seq, msg)) = self.fx.log.take() {
             session.sent.push_back(Sent::Logging);
+            session.in_log += 1;
+            if session.in_log >= MAX_IN_LOG {
+                io.pause(at); // resumed as answers come back (`on_logged`)
+            }
             self.jobs_in_flight += 1;
             if let Err(accepted) = self.log.append(Accepted { at, seq, msg }) {
                 unlogged = Some(LogResult { accepted: *accepted, logged: None, again: false });
@@ -363,7 +370,13 @@ impl ChatHandler {
                 continue;
             };
             match session.sent.iter_mut().find(|s| matches!(s, Sent::Logging)) {
-                Some(slot) => *slot = Sent::Logged(r),
+                Some(slot) => {
+                    *slot = Sent::Logged(r);
+                    session.in_log -= 1;
+                    if session.in_log + 1 == MAX_IN_LOG && !session.job && session.deferred.is_none() {
+                        io.resume(at);
+                    }
+                }
                 None => {
                     log::error!("conn {}.{}: a log result it did not wait for", at.reactor, at.conn);
                     self.settle_orphan(io, r);
@@ -436,7 +449,7 @@ impl ChatHandler {
         if let SessionState::LoggingIn(_) = session.state {
             session.state = SessionState::Anonymous;
         }
-        if session.deferred.is_none() {
+        if session.deferred.is_none() && session.in_log < MAX_IN_LOG {
             io.resume(at);
         }
         let mut unsent = Vec::new();

@@ -73,6 +73,9 @@ pub(super) struct Session {
     /// The chat messages this connection sent that are not answered yet, and what was to be
     /// answered after them, in request order.
     pub sent: VecDeque<Sent>,
+    /// How many of `sent` are still in the log. At `MAX_IN_LOG` the connection is paused:
+    /// a sender faster than the store waits instead of filling the node's memory.
+    pub in_log: usize,
     /// A request that waits for `sent` to empty (the connection is paused meanwhile).
     pub deferred: Option<Parsed>,
     /// Acknowledged delivery, when the login asked for it.
@@ -174,6 +177,7 @@ impl Session {
             streaming: false,
             slice_unflushed: false,
             sent: VecDeque::new(),
+            in_log: 0,
             deferred: None,
             acks: None,
         }

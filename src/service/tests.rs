@@ -512,3 +512,21 @@ fn a_retry_of_a_message_another_node_logged_is_delivered_under_its_mid() {
     assert_eq!(n.take_lines(a)[0]["dup"], true);
     assert!(n.take_lines(b).is_empty());
 }
+
+/// A sender faster than the log is paused once `MAX_IN_LOG` of its messages are in it, and
+/// reads again as their answers come back; nothing is lost or reordered meanwhile.
+#[test]
+fn a_sender_ahead_of_the_log_is_paused_until_it_catches_up() {
+    let (mut n, a, alice, b, bob) = alice_and_bob();
+    n.login(a, alice);
+    for i in 0..super::chat::MAX_IN_LOG {
+        n.frame(a, json!({"msgid":6,"toid":bob,"msg":i.to_string(),"time":"t","seq":i}));
+    }
+    assert!(n.io.conns[&a].paused, "paused with a full log");
+    n.settle();
+    assert!(!n.io.conns[&a].paused, "reading again once answered");
+    let seqs: Vec<Value> = n.take_lines(a).iter().map(|l| l["seq"].clone()).collect();
+    assert_eq!(seqs, (0..super::chat::MAX_IN_LOG).map(|i| json!(i)).collect::<Vec<_>>());
+    let lines = n.take_lines(b);
+    assert_eq!(msgs(&lines), (0..super::chat::MAX_IN_LOG).map(|i| i.to_string()).collect::<Vec<_>>());
+}
