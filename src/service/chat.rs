@@ -373,7 +373,7 @@ impl ChatHandler {
                 Some(slot) => {
                     *slot = Sent::Logged(r);
                     session.in_log -= 1;
-                    if session.in_log + 1 == MAX_IN_LOG && !session.job && session.deferred.is_none() {
+                    if session.in_log + 1 == MAX_IN_LOG && session.may_read() {
                         io.resume(at);
                     }
                 }
@@ -449,7 +449,7 @@ impl ChatHandler {
         if let SessionState::LoggingIn(_) = session.state {
             session.state = SessionState::Anonymous;
         }
-        if session.deferred.is_none() && session.in_log < MAX_IN_LOG {
+        if session.may_read() {
             io.resume(at);
         }
         let mut unsent = Vec::new();

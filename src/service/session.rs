@@ -167,6 +167,11 @@ pub(crate) enum Sent {
 }
 
 impl Session {
+    /// Nothing holds the connection's reading back: no job, no deferred request, room in the log.
+    pub(super) fn may_read(&self) -> bool {
+        !self.job && self.deferred.is_none() && self.in_log < super::chat::MAX_IN_LOG
+    }
+
     pub(super) fn new(at: Loc) -> Session {
         Session {
             at,

@@ -243,8 +243,7 @@ impl Store for SqliteStore {
 
     fn add_friend(&self, a: UserId, b: UserId) -> StoreResult<()> {
         self.write(|c| {
-            let tx = &*c;
-            tx.execute("INSERT OR IGNORE INTO Friend (userid, friendid) VALUES (?1, ?2), (?2, ?1)", params![a, b])?;
+            c.execute("INSERT OR IGNORE INTO Friend (userid, friendid) VALUES (?1, ?2), (?2, ?1)", params![a, b])?;
             Ok(())
         })
     }
@@ -261,10 +260,9 @@ impl Store for SqliteStore {
 
     fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
         self.write(|c| {
-            let tx = &*c;
-            tx.execute("INSERT INTO AllGroup (groupname, groupdesc) VALUES (?1, ?2)", params![name, desc])?;
-            let id = id_of(tx.last_insert_rowid())?;
-            tx.execute(
+            c.execute("INSERT INTO AllGroup (groupname, groupdesc) VALUES (?1, ?2)", params![name, desc])?;
+            let id = id_of(c.last_insert_rowid())?;
+            c.execute(
                 "INSERT INTO GroupUser (groupid, userid, grouprole) VALUES (?1, ?2, 'creator')",
                 params![id, creator],
             )?;
@@ -326,9 +324,8 @@ impl Store for SqliteStore {
 
     fn store_offline(&self, user: UserId, msgs: &[&str], cap: Option<usize>) -> StoreResult<bool> {
         self.write(|c| {
-            let tx = &*c;
             if let Some(cap) = cap {
-                let held: i64 = tx
+                let held: i64 = c
                     .prepare_cached("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ?1")?
                     .query_row([user], |r| r.get(0))?;
                 if usize::try_from(held).unwrap_or(usize::MAX).saturating_add(msgs.len()) > cap {
@@ -336,7 +333,7 @@ impl Store for SqliteStore {
                 }
             }
             {
-                let mut st = tx.prepare_cached("INSERT INTO OfflineMessage (userid, message) VALUES (?1, ?2)")?;
+                let mut st = c.prepare_cached("INSERT INTO OfflineMessage (userid, message) VALUES (?1, ?2)")?;
                 for m in msgs {
                     st.execute(params![user, m])?;
                 }
@@ -347,11 +344,10 @@ impl Store for SqliteStore {
 
     fn store_offline_batch(&self, writes: &[OfflineWrite<'_>]) -> StoreResult<Vec<bool>> {
         self.write(|c| {
-            let tx = &*c;
             let mut stored = Vec::with_capacity(writes.len());
             {
-                let mut count = tx.prepare_cached("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ?1")?;
-                let mut insert = tx.prepare_cached("INSERT INTO OfflineMessage (userid, message) VALUES (?1, ?2)")?;
+                let mut count = c.prepare_cached("SELECT COUNT(*) FROM OfflineMessage WHERE userid = ?1")?;
+                let mut insert = c.prepare_cached("INSERT INTO OfflineMessage (userid, message) VALUES (?1, ?2)")?;
                 for w in writes {
                     if let Some(cap) = w.cap {
                         let held: i64 = count.query_row([w.user], |r| r.get(0))?;
@@ -372,14 +368,13 @@ impl Store for SqliteStore {
 
     fn take_offline(&self, user: UserId) -> StoreResult<Vec<String>> {
         self.write(|c| {
-            let tx = &*c;
             let msgs = {
-                let mut st = tx.prepare_cached("SELECT message FROM OfflineMessage WHERE userid = ?1 ORDER BY id")?;
+                let mut st = c.prepare_cached("SELECT message FROM OfflineMessage WHERE userid = ?1 ORDER BY id")?;
                 let rows = st.query_map([user], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<Vec<String>>>()?
             };
             if !msgs.is_empty() {
-                tx.execute("DELETE FROM OfflineMessage WHERE userid = ?1", [user])?;
+                c.execute("DELETE FROM OfflineMessage WHERE userid = ?1", [user])?;
             }
             Ok(msgs)
         })
@@ -399,9 +394,8 @@ impl Store for SqliteStore {
 
     fn delete_offline(&self, user: UserId, ids: &[u64]) -> StoreResult<()> {
         self.write(|c| {
-            let tx = &*c;
             {
-                let mut st = tx.prepare_cached("DELETE FROM OfflineMessage WHERE userid = ?1 AND id = ?2")?;
+                let mut st = c.prepare_cached("DELETE FROM OfflineMessage WHERE userid = ?1 AND id = ?2")?;
                 for &id in ids {
                     st.execute(params![user, id as i64])?;
                 }
@@ -425,13 +419,12 @@ impl Store for SqliteStore {
     fn log_messages(&self, batch: &[&NewMessage], dedup_since: u64) -> StoreResult<Vec<Logged>> {
         let mut next_mid = self.next_mid.lock();
         self.write(|c| {
-            let tx = &*c;
             let mut out = Vec::with_capacity(batch.len());
             let mut next = *next_mid;
             {
                 let mut seen = HashMap::new();
-                let mut find = tx.prepare_cached("SELECT mid, ts FROM MessageCid WHERE sender = ?1 AND cid = ?2")?;
-                let mut keep = tx.prepare_cached(
+                let mut find = c.prepare_cached("SELECT mid, ts FROM MessageCid WHERE sender = ?1 AND cid = ?2")?;
+                let mut keep = c.prepare_cached(
                     "INSERT INTO MessageCid (sender, cid, mid, ts) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (sender, cid) DO UPDATE SET mid = excluded.mid, ts = excluded.ts",
                 )?;
@@ -460,14 +453,14 @@ impl Store for SqliteStore {
                 let mut chunks = fresh.chunks_exact(INSERT_ROWS);
                 if chunks.len() > 0 {
                     let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; INSERT_ROWS].join(", ");
-                    let mut many = tx.prepare_cached(&format!("{INSERT_MESSAGE} VALUES {values}"))?;
+                    let mut many = c.prepare_cached(&format!("{INSERT_MESSAGE} VALUES {values}"))?;
                     for chunk in &mut chunks {
                         let cols: Vec<MessageColumns<'_>> = chunk.iter().map(|&(mid, m)| columns(mid, m)).collect();
                         let params: Vec<&dyn ToSql> = cols.iter().flat_map(MessageColumns::params).collect();
                         many.execute(&*params)?;
                     }
                 }
-                let mut one = tx.prepare_cached(&format!("{INSERT_MESSAGE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))?;
+                let mut one = c.prepare_cached(&format!("{INSERT_MESSAGE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))?;
                 for &(mid, m) in chunks.remainder() {
                     let cols = columns(mid, m);
                     one.execute(&*cols.params().collect::<Vec<_>>())?;
@@ -481,11 +474,10 @@ impl Store for SqliteStore {
     fn unlog(&self, mid: Mid) -> StoreResult<()> {
         let next_mid = self.next_mid.lock();
         self.write(|c| {
-            let tx = &*c;
-            tx.execute("DELETE FROM MessageCid WHERE mid = ?1 AND (sender, cid) IN (SELECT sender, cid FROM Message WHERE mid = ?1)", [mid as i64])?;
-            tx.execute("DELETE FROM Message WHERE mid = ?1", [mid as i64])?;
+            c.execute("DELETE FROM MessageCid WHERE mid = ?1 AND (sender, cid) IN (SELECT sender, cid FROM Message WHERE mid = ?1)", [mid as i64])?;
+            c.execute("DELETE FROM Message WHERE mid = ?1", [mid as i64])?;
             // Were it the last, its mid would come back after a restart: remember the next one.
-            tx.execute("UPDATE MessageSeq SET next = MAX(next, ?1) WHERE id = 1", [*next_mid as i64])?;
+            c.execute("UPDATE MessageSeq SET next = MAX(next, ?1) WHERE id = 1", [*next_mid as i64])?;
             Ok(())
         })
     }
@@ -539,12 +531,11 @@ impl Store for SqliteStore {
         loop {
             let next_mid = self.next_mid.lock();
             let n = self.write(|c| {
-                let tx = &*c;
-                let n = tx.execute(
+                let n = c.execute(
                     "DELETE FROM Message WHERE mid IN (SELECT mid FROM Message WHERE ts < ?1 LIMIT ?2)",
                     params![ts as i64, PRUNE_CHUNK as i64],
                 )?;
-                tx.execute("UPDATE MessageSeq SET next = MAX(next, ?1) WHERE id = 1", [*next_mid as i64])?;
+                c.execute("UPDATE MessageSeq SET next = MAX(next, ?1) WHERE id = 1", [*next_mid as i64])?;
                 Ok(n)
             })?;
             drop(next_mid);
