@@ -318,12 +318,9 @@ impl ChatHandler {
         }
         let Some(user) = s.state.live_id() else { return };
         let kind = match &s.acks {
-            // After the slice being written: `on_flushed` fetches, and live messages wait
-            // behind it in the mailbox meanwhile.
-            None if s.slice_unflushed => {
-                s.streaming = true;
-                return;
-            }
+            // Streaming, the slice before not written yet: `on_flushed` fetches, so a slow
+            // reader's queue never holds two slices.
+            None if s.slice_unflushed => return,
             None => JobKind::Drain { user },
             Some(acks) if !acks.more || acks.room() == 0 => return,
             Some(acks) => JobKind::Peek { user, after: acks.cursor, limit: acks.room() },
@@ -458,11 +455,6 @@ impl ChatHandler {
         }
         let mut ended = None;
         let mut forget = None;
-        let sliced = match &outcome.effect {
-            Effect::LoggedIn { data, .. } => !data.acks,
-            Effect::Drained { .. } => session.acks.is_none(),
-            _ => false,
-        };
         match outcome.effect {
             Effect::None => {}
             Effect::LoggedIn { data, bytes, more } => {
@@ -529,7 +521,7 @@ impl ChatHandler {
             // given its mailbox in slices, so that nothing newer overtakes what waits there.
             unsent.append(&mut session.held);
         }
-        if sliced {
+        if session.streaming {
             session.slice_unflushed = true;
             io.notify_flushed(at); // the next slice once this one is out
         }
