@@ -2,7 +2,7 @@
 //! sessions send paced messages to random partners and survive their connections; every
 //! message a sender saw acknowledged must reach its recipient, once, in order. Short runs of
 //! each fault alone: client resets, blackholed paths, a node `kill -9` and restart, Redis
-//! `kill -9` and restart, a graceful Redis restart.
+//! `kill -9` and restart, a graceful Redis restart; and blackholes under canonical sessions.
 
 mod support;
 
@@ -65,6 +65,24 @@ fn blackholed_recipients_lose_nothing() {
     let r = run_with(p, || {});
     assert_clean(&r);
     assert!(r.blackholes >= 4 && r.reconnects >= r.blackholes, "{r:?}");
+}
+
+/// Canonical sessions cannot acknowledge, so the server counts a message as delivered once the
+/// peer's TCP stack acknowledged its bytes, and puts back whatever it did not when the
+/// connection ends. A silent network acknowledges nothing; the test's proxy acknowledges what
+/// fits in its receive buffer, and only those messages may be lost.
+#[test]
+fn canonical_sessions_lose_only_what_a_blackholing_proxy_acknowledged() {
+    let s = TestServer::start();
+    let mut p = plan(vec![s.addr.to_string()]);
+    p.acks = false;
+    p.blackhole_every = Some(Duration::from_millis(700));
+    p.blackhole_for = Duration::from_millis(1500);
+    let r = run_with(p, || {});
+    assert_eq!(r.lost, r.lost_in_proxy, "lost beyond what the proxy swallowed: {r:?}");
+    assert_eq!((r.unexpected, r.duplicated, r.order_violations), (0, 0, 0), "{r:?}");
+    assert!(r.acknowledged > 600 && r.blackholes >= 4, "{r:?}");
+    assert_eq!(r.delivered + r.lost, r.acknowledged + r.recovered, "{r:?}");
 }
 
 #[test]

@@ -8,8 +8,15 @@
 //! connects through its own in-process proxy, and one path every period goes silent both ways
 //! with both sockets kept open: the user notices only when the proxy finally resets its side
 //! (after `blackhole_for`); the server's side stays open and silent until the end of the run
-//! (canonical sessions: it is reset then too, since only TCP could tell such a server). Other
-//! faults (killing a node, Redis) are the caller's, while this runs.
+//! (canonical sessions: it is reset when the user gives up, since only TCP could tell such a
+//! server). Other faults (killing a node, Redis) are the caller's, while this runs.
+//!
+//! A real blackhole acknowledges nothing, but the proxy's kernel acknowledges what the server
+//! sent until its receive buffer is full. An acks session loses none of it (the client never
+//! acknowledged it); a canonical session counts it as delivered, as it must count anything the
+//! peer's TCP stack acknowledged. So the proxy keeps those bytes, and a canonical message lost
+//! among them is reported apart (`lost_in_proxy`): lost to the test's middlebox, not to a
+//! network that went silent.
 //!
 //! After the send phase, everyone reads until nothing arrives for a while (or `drain` passes),
 //! and the run is judged as Jepsen's queue checker does:
@@ -78,6 +85,9 @@ pub struct IntegrityReport {
     pub resets: usize,
     /// Paths that went silent.
     pub blackholes: usize,
+    /// Lost messages that a silenced path's proxy had acknowledged over TCP and never passed on
+    /// (canonical sessions only; part of `lost`).
+    pub lost_in_proxy: usize,
     /// Up to 10 lost messages, `sender:n`, for a look in the history.
     pub lost_examples: Vec<String>,
 }
@@ -128,6 +138,8 @@ struct Tally {
     sent: Vec<Attempt>,
     /// (sender id, text, mid) in arrival order.
     got: Vec<(u32, String, Option<u64>)>,
+    /// (sender id, text) of messages to this user a silenced proxy acknowledged and kept.
+    swallowed: Vec<(u32, String)>,
     refused: usize,
     reconnects: usize,
     resets: usize,
@@ -231,11 +243,22 @@ fn judge(ids: &[u32], tallies: &[Tally]) -> IntegrityReport {
         }
     }
     r.delivered = delivered.len();
+    let mut swallowed: HashSet<(usize, usize)> = HashSet::new();
+    for t in tallies {
+        for (from, text) in &t.swallowed {
+            if let (Some(&s), Some((sender, n))) = (index.get(from), text.split_once(':')) {
+                if let (Ok(sender), Ok(n)) = (sender.parse::<usize>(), n.parse::<usize>()) {
+                    swallowed.extend((sender == s).then_some((s, n)));
+                }
+            }
+        }
+    }
     for (s, t) in tallies.iter().enumerate() {
         for (n, a) in t.sent.iter().enumerate() {
             match (a.mid.is_some(), delivered.contains(&(s, n))) {
                 (true, false) => {
                     r.lost += 1;
+                    r.lost_in_proxy += usize::from(swallowed.contains(&(s, n)));
                     if r.lost_examples.len() < 10 {
                         r.lost_examples.push(format!("{s}:{n}"));
                     }
@@ -324,6 +347,8 @@ struct Path {
     upstream: TcpStream,
     /// The proxy's socket to the client.
     downstream: TcpStream,
+    /// Bytes from the server the proxy read but did not pass on, once silenced.
+    kept: Arc<parking_lot::Mutex<Vec<u8>>>,
 }
 
 impl Path {
@@ -335,19 +360,43 @@ impl Path {
         upstream.set_nodelay(true)?;
         downstream.set_nodelay(true)?;
         let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        for (from, to) in
-            [(upstream.try_clone()?, downstream.try_clone()?), (downstream.try_clone()?, upstream.try_clone()?)]
-        {
+        let kept = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        for (from, to, keep) in [
+            (upstream.try_clone()?, downstream.try_clone()?, Some(kept.clone())),
+            (downstream.try_clone()?, upstream.try_clone()?, None),
+        ] {
             let silent = silent.clone();
             from.set_read_timeout(Some(TICK))?;
-            thread::Builder::new().name("integrity-proxy".into()).spawn(move || forward(from, to, &silent))?;
+            thread::Builder::new()
+                .name("integrity-proxy".into())
+                .spawn(move || forward(from, to, &silent, keep.as_deref()))?;
         }
-        Ok((client, Path { silent, upstream, downstream }))
+        Ok((client, Path { silent, upstream, downstream, kept }))
+    }
+
+    /// Everything from the server the proxy acknowledged and never passed on: what it read
+    /// once silenced, then what waits in its socket's receive buffer. That is peeked, not read,
+    /// so the window stays shut and the server's kernel sends nothing more before the reset.
+    fn swallowed(&self) -> Vec<u8> {
+        let mut bytes = std::mem::take(&mut *self.kept.lock());
+        let mut buf = vec![0; 32 << 20]; // beyond any receive buffer
+        if self.upstream.set_nonblocking(true).is_ok() {
+            if let Ok(n) = self.upstream.peek(&mut buf) {
+                bytes.extend_from_slice(&buf[..n]);
+            }
+        }
+        bytes
     }
 }
 
-/// Copies `from` to `to` until either ends or the path goes silent.
-fn forward(mut from: TcpStream, mut to: TcpStream, silent: &std::sync::atomic::AtomicBool) {
+/// Copies `from` to `to` until either ends or the path goes silent; bytes read as it goes
+/// silent go to `keep`, if given.
+fn forward(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    silent: &std::sync::atomic::AtomicBool,
+    keep: Option<&parking_lot::Mutex<Vec<u8>>>,
+) {
     use std::io::Read;
     let mut buf = vec![0; 16 * 1024];
     while !silent.load(Ordering::Relaxed) {
@@ -358,7 +407,13 @@ fn forward(mut from: TcpStream, mut to: TcpStream, silent: &std::sync::atomic::A
                     break;
                 }
             }
-            Ok(_) => break, // silenced meanwhile: these bytes vanish, as on a dead path
+            Ok(n) => {
+                // Silenced meanwhile: these bytes vanish, as on a dead path.
+                if let Some(keep) = keep {
+                    keep.lock().extend_from_slice(&buf[..n]);
+                }
+                break;
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => break,
         }
@@ -541,6 +596,12 @@ impl<'a> User<'a> {
             return Ok(());
         }
         let Some((path, _)) = self.silenced.take() else { return Ok(()) };
+        if !self.shared.plan.acks {
+            // The stream as the server sent it: the line the user had begun, then the rest.
+            let mut bytes = self.conn.as_mut().map(|c| std::mem::take(&mut c.partial)).unwrap_or_default();
+            bytes.extend(path.swallowed());
+            self.note_swallowed(&bytes);
+        }
         let _ = socket2::SockRef::from(&path.downstream).set_linger(Some(Duration::ZERO));
         drop(path.downstream);
         if self.shared.plan.acks {
@@ -549,6 +610,19 @@ impl<'a> User<'a> {
             let _ = socket2::SockRef::from(&path.upstream).set_linger(Some(Duration::ZERO));
         }
         Err(err("the path went silent"))
+    }
+
+    /// Keeps the chat messages among bytes a silenced proxy swallowed.
+    fn note_swallowed(&mut self, bytes: &[u8]) {
+        for line in bytes.split(|&b| b == b'\n') {
+            match serde_json::from_slice::<Value>(line) {
+                Ok(m) if m["msgid"] == 6 => self
+                    .tally
+                    .swallowed
+                    .push((m["id"].as_u64().unwrap_or(0) as u32, m["msg"].as_str().unwrap_or("").to_owned())),
+                _ => {} // an answer, or the unfinished last line the server did not count as sent
+            }
+        }
     }
 
     fn send_chat(&mut self, n: usize) -> io::Result<()> {
@@ -660,8 +734,11 @@ mod tests {
                 (10, "0:9", Some(106)), // never sent
             ],
         );
+        // The lost one was in a silenced proxy's buffer (and so, from the wrong sender, was 0:0).
+        let b = Tally { swallowed: vec![(10, "0:2".into()), (11, "0:0".into())], ..b };
         let r = judge(&ids, &[a, b]);
         assert_eq!((r.attempted, r.acknowledged, r.delivered), (4, 3, 3));
+        assert_eq!(r.lost_in_proxy, 1);
         assert_eq!((r.lost, r.recovered, r.duplicated, r.unexpected), (1, 1, 1, 2));
         assert_eq!(r.lost_examples, ["0:2"]);
         assert_eq!(r.order_violations, 0);

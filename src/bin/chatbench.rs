@@ -243,9 +243,9 @@ fn integrity(args: &Args, addrs: Vec<String>) -> ExitCode {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         println!(
-            "Integrity: {} attempted, {} acknowledged, {} delivered; lost {}, unexpected {}, duplicated {}, recovered {}, order violations {}; {} refused, {} reconnects, {} resets, {} blackholes",
-            r.attempted, r.acknowledged, r.delivered, r.lost, r.unexpected, r.duplicated, r.recovered,
-            r.order_violations, r.refused, r.reconnects, r.resets, r.blackholes
+            "Integrity: {} attempted, {} acknowledged, {} delivered; lost {} ({} of them acknowledged by a silenced proxy), unexpected {}, duplicated {}, recovered {}, order violations {}; {} refused, {} reconnects, {} resets, {} blackholes",
+            r.attempted, r.acknowledged, r.delivered, r.lost, r.lost_in_proxy, r.unexpected, r.duplicated,
+            r.recovered, r.order_violations, r.refused, r.reconnects, r.resets, r.blackholes
         );
         if !r.lost_examples.is_empty() {
             println!("lost (sender:n): {}", r.lost_examples.join(" "));
