@@ -77,11 +77,14 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// in an acks session there (store it, then `poke`).
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError>;
     /// Like `route`, without blocking the caller: many messages can share one round trip.
-    /// Messages handed over one after the other are routed in that order; `from` (the sender)
-    /// comes back with the answer. Called on reactor threads: the default, which routes in
+    /// Messages handed over one after the other are routed in that order, and answered in
+    /// that order; `from` (the sender) comes back with the answer. Once a message of `from`
+    /// and `epoch` is not received, later ones of that sender and epoch are not delivered
+    /// either (answered `false`): the sender stores them in order, then routes again under a
+    /// new epoch. Called on reactor threads: the default, which routes in
     /// place, suits only a bus that never blocks; a bus that does I/O overrides it.
-    fn route_async(&self, user: UserId, msg: Arc<str>, from: Loc) -> Routing {
-        let _ = from;
+    fn route_async(&self, user: UserId, msg: Arc<str>, from: Loc, epoch: u32) -> Routing {
+        let _ = (from, epoch);
         Routing::Done(self.route(user, &msg))
     }
     /// Asks the node where `user` is live, if another, to have the session fetch its mailbox:

@@ -5,8 +5,11 @@
 //!   node's channel has no subscriber (`PUBSUB NUMSUB`) belongs to a dead node and is taken over
 //!   atomically. Logout deletes it only if it is still this node's. `acks:{user}` exists while
 //!   the session acknowledges deliveries; it goes with the claim.
-//! - Routing is one round trip: a script reads the owner, publishes to its channel and returns
-//!   the receiver count; no owner or no receiver means "store offline" (a stale key is dropped).
+//! - Routing is one round trip per batch: a script reads each message's owner, publishes to
+//!   its channel and returns the receiver counts; no owner or no receiver means "store offline"
+//!   (a stale key is dropped). A sender has many messages in flight, so once one of them is
+//!   to be stored, the sender's later ones already on the way are stored too, unpublished
+//!   (`fence`): published, they could overtake it.
 //!   So does an acks session: its messages are stored first and the session poked, since a
 //!   publish Redis accepted may still be lost in a crash before it reaches the node.
 //! - A node that stored a message for a user live on another node publishes the user id alone
@@ -53,13 +56,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
   return redis.call('DEL', KEYS[1]) end
 return 0";
-/// KEYS: online, acks. ARGV: payload.
+/// KEYS: online and acks of each message. ARGV: payload and fence of each. Returns the receiver
+/// counts; after a 0, later messages with the same fence are not published (0 too).
 const ROUTE: &str = r"
-local owner = redis.call('GET', KEYS[1])
-if not owner or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local n = redis.call('PUBLISH', 'node:' .. owner, ARGV[1])
-if n == 0 and redis.call('GET', KEYS[1]) == owner then redis.call('DEL', KEYS[1]) end
-return n";
+local out, fenced = {}, {}
+for i = 1, #ARGV / 2 do
+  local n, fence = 0, ARGV[2 * i]
+  local owner = not fenced[fence] and redis.call('GET', KEYS[2 * i - 1])
+  if owner and redis.call('EXISTS', KEYS[2 * i]) == 0 then
+    n = redis.call('PUBLISH', 'node:' .. owner, ARGV[2 * i - 1])
+    if n == 0 and redis.call('GET', KEYS[2 * i - 1]) == owner then redis.call('DEL', KEYS[2 * i - 1]) end
+  end
+  if n == 0 then fenced[fence] = true end
+  out[i] = n
+end
+return out";
 /// A node channel's payload is `{user} {message}`, or `{user}` alone: fetch the mailbox.
 const POKE: &str = r"
 local owner = redis.call('GET', KEYS[1])
@@ -99,17 +110,61 @@ struct Route {
     user: UserId,
     msg: Arc<str>,
     from: Loc,
+    /// The sender's fence epoch (see [`Fences`]).
+    epoch: u32,
+}
+
+impl Route {
+    fn fence(&self) -> String {
+        format!("{}.{}.{}", self.from.reactor, self.from.conn, self.epoch)
+    }
+}
+
+/// Senders whose message was not received (to be stored), with the epoch it was sent under:
+/// their later messages of that epoch, queued before the sender learned of it, are not
+/// published either. The sender moves to the next epoch once it knows, and routes again
+/// only after storing what failed. Entries are dropped after a minute, far longer than a
+/// route waits in the queue.
+#[derive(Default)]
+struct Fences(std::collections::HashMap<(usize, u64), (u32, std::time::Instant)>);
+
+impl Fences {
+    const KEEP: Duration = Duration::from_secs(60);
+
+    /// Whether `r` must not be published: an earlier message of its sender and epoch failed.
+    fn holds(&mut self, r: &Route) -> bool {
+        let key = (r.from.reactor, r.from.conn);
+        match self.0.get(&key) {
+            Some(&(epoch, _)) if epoch == r.epoch => true,
+            Some(_) => {
+                self.0.remove(&key); // a later epoch: the sender knows
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn close(&mut self, r: &Route, now: std::time::Instant) {
+        self.0.insert((r.from.reactor, r.from.conn), (r.epoch, now));
+    }
+
+    fn purge(&mut self, now: std::time::Instant) {
+        if self.0.len() > 64 {
+            self.0.retain(|_, (_, at)| now.duration_since(*at) < Self::KEEP);
+        }
+    }
 }
 
 /// Most routes sent in one pipeline.
 const MAX_BATCH: usize = 512;
 
-/// The publisher: takes every route queued so far and sends them as one pipeline, so the cost
-/// of a round trip is shared by all messages in flight on the node. FIFO, one connection: routes
-/// leave in the order they were handed over.
+/// The publisher: takes every route queued so far and sends them in one script call, so the
+/// cost of a round trip is shared by all messages in flight on the node. FIFO, one connection:
+/// routes leave in the order they were handed over, and answers come back in that order.
 fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: Arc<dyn Inbox>) {
     let script = Script::new(ROUTE);
     let mut con: Option<Connection> = None;
+    let mut fences = Fences::default();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -117,6 +172,17 @@ fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: A
                 Ok(r) => batch.push(r),
                 Err(_) => break,
             }
+        }
+        let now = std::time::Instant::now();
+        fences.purge(now);
+        // A sender's fenced routes precede its newer ones in the queue: answering them first
+        // keeps each sender's answers in order.
+        let (fenced, batch): (Vec<Route>, Vec<Route>) = batch.into_iter().partition(|r| fences.holds(r));
+        for r in fenced {
+            inbox.routed(r.from, Ok(false));
+        }
+        if batch.is_empty() {
+            continue;
         }
         let result = (|| -> Result<Vec<i64>, BusError> {
             let c = match con.as_mut() {
@@ -129,17 +195,22 @@ fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: A
                     con.insert(c)
                 }
             };
-            let mut pipe = redis::pipe();
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(script.get_hash()).arg(2 * batch.len());
             for r in &batch {
-                let payload = format!("{} {}", r.user, r.msg);
-                pipe.cmd("EVALSHA").arg(script.get_hash()).arg(2).arg(presence_key(r.user)).arg(acks_key(r.user));
-                pipe.arg(payload);
+                call.arg(presence_key(r.user)).arg(acks_key(r.user));
             }
-            Ok(pipe.query(c)?)
+            for r in &batch {
+                call.arg(format!("{} {}", r.user, r.msg)).arg(r.fence());
+            }
+            Ok(call.query(c)?)
         })();
         match result {
             Ok(receivers) if receivers.len() == batch.len() => {
                 for (r, n) in batch.into_iter().zip(receivers) {
+                    if n == 0 {
+                        fences.close(&r, now);
+                    }
                     inbox.routed(r.from, Ok(n > 0));
                 }
             }
@@ -151,6 +222,7 @@ fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: A
                 };
                 log::error!("redis bus: {} routes failed: {e}", batch.len());
                 for r in batch {
+                    fences.close(&r, now);
                     inbox.routed(r.from, Err(e.clone()));
                 }
             }
@@ -256,15 +328,16 @@ impl Bus for RedisBus {
 
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError> {
         let payload = format!("{user} {msg}");
-        let receivers: i64 =
-            self.with(|c| self.scripts[3].key(presence_key(user)).key(acks_key(user)).arg(&payload).invoke(c))?;
-        Ok(receivers > 0)
+        let receivers: Vec<i64> = self.with(|c| {
+            self.scripts[3].key(presence_key(user)).key(acks_key(user)).arg(&payload).arg("").invoke(c)
+        })?;
+        Ok(receivers.first().is_some_and(|&n| n > 0))
     }
 
-    fn route_async(&self, user: UserId, msg: Arc<str>, from: Loc) -> Routing {
+    fn route_async(&self, user: UserId, msg: Arc<str>, from: Loc, epoch: u32) -> Routing {
         let publisher = self.publisher.lock();
         match publisher.as_ref() {
-            Some((tx, _)) => match tx.send(Route { user, msg, from }) {
+            Some((tx, _)) => match tx.send(Route { user, msg, from, epoch }) {
                 Ok(()) => Routing::Queued,
                 Err(_) => Routing::Done(Err(BusError::Stopped)),
             },

@@ -14,7 +14,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::message_log::{Accepted, LogHandle, LogResult};
-use super::session::{delivered, AckState, Out, Sent, SessionState, Sessions};
+use super::routes::Routes;
+use super::session::{delivered, AckState, Out, Reply, Sent, SessionState, Sessions};
 use super::{Delivery, Effect, Effects, Job, JobKind, Outcome, Outlet, Service, User};
 use crate::bus::{BusError, Routing};
 use crate::net::{Handler, Io, Loc, Router};
@@ -26,8 +27,11 @@ use crate::proto::{reply, Errno, MsgId};
 use crate::store::{Logged, Mid};
 use crate::UserId;
 
-/// Most chat messages of one connection in the log at once (at 16 KiB each, 4 MiB).
-pub(super) const MAX_IN_LOG: usize = 256;
+/// Most chat messages of one connection between reading and their turn: in the log, or back
+/// from it behind earlier ones (at 16 KiB each, 4 MiB).
+pub(super) const MAX_QUEUED: usize = 256;
+/// Most chat messages of one connection on their way to other nodes (or stored instead).
+pub(super) const MAX_ROUTING: usize = 64;
 
 /// What other threads send a chat reactor.
 #[derive(Debug)]
@@ -46,10 +50,15 @@ pub(crate) enum Event {
         at: Loc,
         outcome: Outcome,
     },
-    /// The bus's answer to the chat the connection at `from` sent to another node.
+    /// The bus's answer to the oldest chat the connection at `from` sent to another node.
     Routed {
         from: Loc,
         result: Result<bool, BusError>,
+    },
+    /// Chats of the connection at `at` that no node received are stored (or refused).
+    Stored {
+        at: Loc,
+        outcomes: Vec<Outcome>,
     },
     /// Chat messages of this reactor's connections are back from the log, in the order sent.
     Logged(Vec<LogResult>),
@@ -85,9 +94,9 @@ pub(crate) struct ChatHandler {
     pool: PoolHandle,
     log: LogHandle,
     sessions: Sessions,
-    /// Chats waiting for the bus's answer, by sender. Kept apart from the sessions: a sender
-    /// that closes meanwhile still has its message stored if nobody received it.
-    routing: HashMap<Loc, Job>,
+    /// Chats to users not live here, by sender, until settled. Kept apart from the sessions: a
+    /// sender that closes meanwhile still has its messages stored if nobody received them.
+    routes: HashMap<Loc, Routes>,
     jobs_in_flight: usize,
     fx: Effects,
 }
@@ -99,8 +108,8 @@ impl ChatHandler {
         pool: PoolHandle,
         log: LogHandle,
     ) -> ChatHandler {
-        let (sessions, routing, fx) = (Sessions::default(), HashMap::new(), Effects::default());
-        ChatHandler { service, router, pool, log, sessions, routing, jobs_in_flight: 0, fx }
+        let (sessions, routes, fx) = (Sessions::default(), HashMap::new(), Effects::default());
+        ChatHandler { service, router, pool, log, sessions, routes, jobs_in_flight: 0, fx }
     }
 
     fn dispatch(&mut self, io: &mut impl Io<Self>, at: Loc, parsed: Parsed) {
@@ -120,9 +129,8 @@ impl ChatHandler {
         let mut unlogged = None;
         if let Some((seq, msg)) = self.fx.log.take() {
             session.sent.push_back(Sent::Logging);
-            session.in_log += 1;
-            if session.in_log >= MAX_IN_LOG {
-                io.pause(at); // resumed as answers come back (`on_logged`)
+            if session.sent.len() >= MAX_QUEUED {
+                io.pause(at); // resumed as they take their turn (`advance`)
             }
             self.jobs_in_flight += 1;
             if let Err(accepted) = self.log.append(Accepted { at, seq, msg }) {
@@ -153,7 +161,7 @@ impl ChatHandler {
     fn apply_effects(&mut self, io: &mut impl Io<Self>, at: Loc) {
         let mut fx = mem::take(&mut self.fx);
         for r in fx.replies.drain(..) {
-            let _ = io.send(at, Out::Reply(r)); // a closed connection's answers go nowhere
+            self.answer(io, at, r);
         }
         for d in fx.deliveries.drain(..) {
             if d.to.reactor == io.reactor() {
@@ -187,33 +195,176 @@ impl ChatHandler {
 
     /// Runs `job` on the pool; the connection handles nothing else until it is done.
     fn submit(&mut self, io: &mut impl Io<Self>, at: Loc, job: Job) {
+        let pipelined = self.pipelines(&job);
         let Some(session) = self.sessions.get_mut(at) else { return };
         if self.pool.is_busy() && job.kind.sheddable() {
             if let SessionState::LoggingIn(_) = session.state {
                 session.state = SessionState::Anonymous;
             }
             if let Some(bytes) = job.reject(Errno::Unavailable) {
-                let _ = io.send(at, Out::Reply(bytes));
+                self.answer(io, at, bytes);
             }
             return;
+        }
+        if pipelined {
+            return self.route(io, at, job);
         }
         session.job = true;
         io.pause(at);
+        if self.routes.contains_key(&at) {
+            session.waiting_job = Some(job); // after the chats before it are settled
+            return;
+        }
         self.start_job(io, at, job);
     }
 
-    /// Starts a job, which answers with `Event::JobDone`: a chat goes to the bus first,
-    /// sharing round trips, everything else to the pool.
+    /// Whether `job` is a chat for another node, which goes to the bus without holding its
+    /// connection up (on a single node, such a chat is for a user live nowhere: a job stores it).
+    fn pipelines(&self, job: &Job) -> bool {
+        matches!(job.kind, JobKind::Chat { .. }) && !self.service.bus().sole_node()
+    }
+
+    /// Starts a job, which answers with `Event::JobDone` (a chat for another node: see `route`).
     fn start_job(&mut self, io: &mut impl Io<Self>, at: Loc, job: Job) {
-        self.jobs_in_flight += 1;
-        if let JobKind::Chat { toid, msg, .. } = &job.kind {
-            match self.service.route(*toid, msg.clone(), at) {
-                Routing::Queued => drop(self.routing.insert(at, job)),
-                Routing::Done(result) => self.settle_route(io, at, job, result),
-            }
-            return;
+        if self.pipelines(&job) {
+            return self.route(io, at, job);
         }
+        self.jobs_in_flight += 1;
         self.run_on_pool(at, job);
+    }
+
+    /// Sends an answer to `at`, or holds it behind earlier answers still to come.
+    fn answer(&mut self, io: &mut impl Io<Self>, at: Loc, bytes: Vec<u8>) {
+        match self.sessions.get_mut(at) {
+            Some(s) if !s.replies.is_empty() => s.replies.push_back(Reply::Ready(Out::Reply(bytes))),
+            _ => drop(io.send(at, Out::Reply(bytes))), // a closed connection's answers go nowhere
+        }
+    }
+
+    /// A chat of `at` is settled: its answer (if any) takes its place, and what is ready goes.
+    fn settle_answer(&mut self, io: &mut impl Io<Self>, at: Loc, reply: Option<Vec<u8>>) {
+        let Some(s) = self.sessions.get_mut(at) else { return };
+        match (s.replies.iter().position(|r| matches!(r, Reply::Pending)), reply) {
+            (Some(i), Some(bytes)) => s.replies[i] = Reply::Ready(Out::Reply(bytes)),
+            (Some(i), None) => drop(s.replies.remove(i)),
+            (None, Some(bytes)) => s.replies.push_back(Reply::Ready(Out::Reply(bytes))),
+            (None, None) => {}
+        }
+        let mut unsent = Vec::new();
+        while let Some(Reply::Ready(_)) = s.replies.front() {
+            if let Some(Reply::Ready(out)) = s.replies.pop_front() {
+                queue(io, at, out, &mut unsent);
+            }
+        }
+        self.spill(unsent);
+    }
+
+    /// Whether the logged chat `r` goes on behind the sender's chats to other nodes without
+    /// overtaking any: only one that goes to another node too, and only while none of those
+    /// is to be stored.
+    fn may_follow_routes(routes: Option<&Routes>, service: &Service, r: &LogResult) -> bool {
+        let Some(routes) = routes else { return true };
+        let local = |toid| matches!(service.presence().with_unacked(toid, |_| ()), Some(Some(())));
+        match r.accepted.msg.to {
+            Target::User(toid) => !routes.held_back() && !local(toid),
+            Target::Group(_) => false,
+        }
+    }
+
+    /// A logged chat for a user not live here: to the bus, behind the connection's others,
+    /// many at once (see `routes.rs`).
+    fn route(&mut self, io: &mut impl Io<Self>, at: Loc, job: Job) {
+        if let Some(s) = self.sessions.get_mut(at) {
+            s.replies.push_back(Reply::Pending);
+        }
+        let routes = self.routes.entry(at).or_default();
+        if routes.held_back() {
+            routes.waiting.push_back(job);
+        } else {
+            self.send_route(io, at, job);
+        }
+        self.pump_routes(io, at);
+    }
+
+    fn send_route(&mut self, io: &mut impl Io<Self>, at: Loc, job: Job) {
+        let JobKind::Chat { toid, msg, .. } = &job.kind else { return };
+        let routes = self.routes.entry(at).or_default();
+        let epoch = routes.epoch;
+        let routing = self.service.route(*toid, msg.clone(), at, epoch);
+        routes.on_bus.push_back((epoch, job));
+        self.jobs_in_flight += 1;
+        if let Routing::Done(result) = routing {
+            self.settle_route(io, at, result);
+        }
+    }
+
+    /// The bus answered the oldest chat of `at` on it: received, or to be stored.
+    fn settle_route(&mut self, io: &mut impl Io<Self>, at: Loc, result: Result<bool, BusError>) {
+        self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        let Some((epoch, job)) = self.routes.get_mut(&at).and_then(|r| r.on_bus.pop_front()) else {
+            return log::error!("conn {}.{}: a bus answer for no chat", at.reactor, at.conn);
+        };
+        match self.service.routed(&job, result) {
+            Some(outcome) => self.settle_answer(io, at, outcome.reply),
+            None => self.routes.entry(at).or_default().not_received(epoch, job),
+        }
+    }
+
+    /// Moves the chats of `at` on: what is to be stored goes to the pool (one batch at a time,
+    /// in order), what waited goes to the bus once nothing before it is unsettled.
+    fn pump_routes(&mut self, io: &mut impl Io<Self>, at: Loc) {
+        while let Some(routes) = self.routes.get_mut(&at) {
+            if routes.storing == 0 && !routes.to_store.is_empty() {
+                let jobs = mem::take(&mut routes.to_store);
+                routes.storing = jobs.len();
+                self.jobs_in_flight += 1;
+                let (service, router) = (self.service.clone(), self.router.clone());
+                self.pool.submit(move || {
+                    let outcomes = jobs.into_iter().map(|job| service.run(job, at, &*router)).collect();
+                    router.send(at.reactor, Event::Stored { at, outcomes });
+                });
+                break;
+            }
+            if !routes.may_release() {
+                break;
+            }
+            let Some(job) = routes.waiting.pop_front() else { break };
+            self.send_route(io, at, job);
+        }
+        self.routes_changed(io, at);
+    }
+
+    /// Backpressure and what waits on the connection's routes: read no further at
+    /// `MAX_ROUTING`; a job waiting for the routes to settle starts once they have.
+    fn routes_changed(&mut self, io: &mut impl Io<Self>, at: Loc) {
+        let unsettled = self.routes.get(&at).map_or(0, Routes::len);
+        if unsettled == 0 {
+            self.routes.remove(&at);
+        }
+        let Some(s) = self.sessions.get_mut(at) else { return };
+        let was = mem::replace(&mut s.routing, unsettled);
+        if unsettled >= MAX_ROUTING && was < MAX_ROUTING {
+            io.pause(at);
+        } else if unsettled < MAX_ROUTING && was >= MAX_ROUTING && s.may_read() {
+            io.resume(at);
+        }
+        if unsettled == 0 {
+            if let Some(job) = s.waiting_job.take() {
+                self.start_job(io, at, job);
+            }
+        }
+    }
+
+    fn on_stored(&mut self, io: &mut impl Io<Self>, at: Loc, outcomes: Vec<Outcome>) {
+        self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        if let Some(routes) = self.routes.get_mut(&at) {
+            routes.storing = 0;
+        }
+        for outcome in outcomes {
+            self.settle_answer(io, at, outcome.reply);
+        }
+        self.pump_routes(io, at);
+        self.advance(io, at);
     }
 
     fn run_on_pool(&self, at: Loc, job: Job) {
@@ -222,15 +373,6 @@ impl ChatHandler {
             let outcome = service.run(job, at, &*router);
             router.send(at.reactor, Event::JobDone { at, outcome });
         });
-    }
-
-    /// The bus answered the chat of `at`: done, or on to the pool to be stored. The pool runs
-    /// it even if the sender has gone: the message was accepted.
-    fn settle_route(&mut self, io: &mut impl Io<Self>, at: Loc, job: Job, result: Result<bool, BusError>) {
-        match self.service.routed(&job, result) {
-            Some(outcome) => self.on_job_done(io, at, outcome),
-            None => self.run_on_pool(at, job),
-        }
     }
 
     /// Pool work nobody waits for (store unsent messages, mark a session offline).
@@ -280,6 +422,8 @@ impl ChatHandler {
                     self.spill(vec![(d.user, d.msg)]);
                 } else if s.job {
                     s.held.push((d.user, d.msg));
+                } else if !s.replies.is_empty() {
+                    s.replies.push_back(Reply::Ready(Out::Chat(d.user, d.msg)));
                 } else if let Err(out) = io.send(d.to, Out::Chat(d.user, d.msg)) {
                     self.spill(messages_of(vec![out]));
                 }
@@ -351,7 +495,7 @@ impl ChatHandler {
                     None => self.submit_background(job),
                 }
             }
-            (_, Some(seq)) => drop(io.send(at, Out::Reply(reply::ok(MsgId::Acknowledge, &seq, None)))),
+            (_, Some(seq)) => self.answer(io, at, reply::ok(MsgId::Acknowledge, &seq, None)),
             (_, None) => {}
         }
         self.fetch_mailbox(io, at);
@@ -369,10 +513,6 @@ impl ChatHandler {
             match session.sent.iter_mut().find(|s| matches!(s, Sent::Logging)) {
                 Some(slot) => {
                     *slot = Sent::Logged(r);
-                    session.in_log -= 1;
-                    if session.in_log + 1 == MAX_IN_LOG && session.may_read() {
-                        io.resume(at);
-                    }
                 }
                 None => {
                     log::error!("conn {}.{}: a log result it did not wait for", at.reactor, at.conn);
@@ -392,8 +532,17 @@ impl ChatHandler {
             if session.job || matches!(session.sent.front(), Some(Sent::Logging)) {
                 return;
             }
-            match session.sent.pop_front() {
-                Some(Sent::Answer(bytes)) => drop(io.send(at, Out::Reply(bytes))),
+            if let Some(Sent::Logged(r)) = session.sent.front() {
+                if !Self::may_follow_routes(self.routes.get(&at), &self.service, r) {
+                    return; // on once the routes are settled
+                }
+            }
+            let next = session.sent.pop_front();
+            if session.sent.len() + 1 == MAX_QUEUED && session.may_read() {
+                io.resume(at);
+            }
+            match next {
+                Some(Sent::Answer(bytes)) => self.answer(io, at, bytes),
                 Some(Sent::Logged(r)) => {
                     self.service.logged(r.accepted.seq, &r.accepted.msg, r.logged, r.again, &mut self.fx);
                     let job = self.fx.job.take();
@@ -569,6 +718,16 @@ impl ChatHandler {
             }
         }
         msgs.append(&mut session.held);
+        for r in mem::take(&mut session.replies) {
+            if let Reply::Ready(out) = r {
+                out.into_unsent(&mut msgs);
+            }
+        }
+        // A logged message's job that waited for the routes runs all the same.
+        if let Some(job) = session.waiting_job.take().filter(|j| j.kind.mid().is_some()) {
+            self.jobs_in_flight += 1;
+            self.run_on_pool(at, job);
+        }
         match session.state.live_id() {
             Some(user) => self.end_session(io, at, user, msgs, false),
             None => self.spill(msgs),
@@ -602,10 +761,12 @@ impl Handler for ChatHandler {
             Event::Drain { to, user, newest } => self.on_drain(io, to, user, newest),
             Event::JobDone { at, outcome } => self.on_job_done(io, at, outcome),
             Event::Logged(results) => self.on_logged(io, results),
-            Event::Routed { from, result } => match self.routing.remove(&from) {
-                Some(job) => self.settle_route(io, from, job, result),
-                None => log::error!("conn {}.{}: a bus answer for no chat", from.reactor, from.conn),
-            },
+            Event::Routed { from, result } => {
+                self.settle_route(io, from, result);
+                self.pump_routes(io, from);
+                self.advance(io, from);
+            }
+            Event::Stored { at, outcomes } => self.on_stored(io, at, outcomes),
             Event::Evict { to } => {
                 if self.sessions.get_mut(to).is_some() {
                     let unsent = io.close(to, "the user is live on another node");
@@ -667,9 +828,10 @@ impl Handler for ChatHandler {
                         self.unsettled_at_exit(&r);
                     }
                 }
-                Event::Routed { from, result: Ok(false) } => {
-                    if let Some(Job { kind: JobKind::Chat { toid, msg, .. }, .. }) = self.routing.remove(&from) {
-                        self.spill(vec![(toid, msg)]); // received by nobody: stored, as the pool would
+                Event::Routed { from, result } => {
+                    let job = self.routes.get_mut(&from).and_then(|r| r.on_bus.pop_front());
+                    if let (Some((_, job)), false) = (job, result.unwrap_or(false)) {
+                        self.spill(chat_of(job)); // received by nobody: stored, as the pool would
                     }
                 }
                 Event::JobDone { outcome: Outcome { effect: Effect::LoggedIn { data, .. }, .. }, .. } => {
@@ -679,6 +841,12 @@ impl Handler for ChatHandler {
                     self.spill(msgs.into_iter().map(|m| (user, delivered(m))).collect());
                 }
                 _ => {}
+            }
+        }
+        // Chats that never went to the bus or the pool.
+        for (_, routes) in mem::take(&mut self.routes) {
+            for job in routes.to_store.into_iter().chain(routes.waiting) {
+                self.spill(chat_of(job));
             }
         }
     }
@@ -702,6 +870,14 @@ impl ChatHandler {
             Target::User(toid) => self.spill(vec![(toid, m.with_mid(mid).encode())]),
             Target::Group(g) => log::warn!("group {g}: message {mid} logged during shutdown, not delivered"),
         }
+    }
+}
+
+/// A one-to-one chat job's message, to be stored.
+fn chat_of(job: Job) -> Vec<(UserId, Arc<str>)> {
+    match job.kind {
+        JobKind::Chat { toid, msg, .. } => vec![(toid, msg)],
+        _ => Vec::new(),
     }
 }
 

@@ -14,6 +14,7 @@ mod mailbox;
 mod message_log;
 mod password;
 mod presence;
+mod routes;
 mod session;
 mod sweep;
 
@@ -314,8 +315,8 @@ impl Service {
     /// Hands a one-to-one chat whose recipient is not live here to the bus first, which
     /// routes it without holding a pool thread. The answer, now or later through the inbox,
     /// goes to [`Service::routed`].
-    pub(crate) fn route(&self, toid: UserId, msg: Arc<str>, from: Loc) -> Routing {
-        self.bus.route_async(toid, msg, from)
+    pub(crate) fn route(&self, toid: UserId, msg: Arc<str>, from: Loc, epoch: u32) -> Routing {
+        self.bus.route_async(toid, msg, from, epoch)
     }
 
     /// What the bus's answer to a routed chat means: its outcome, or `None` when the job goes

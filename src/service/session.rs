@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::message_log::LogResult;
-use super::User;
+use super::{Job, User};
 use crate::net::{Loc, Outbound};
 use crate::proto::request::Parsed;
 use crate::store::Mid;
@@ -71,13 +71,19 @@ pub(super) struct Session {
     /// for it, so the store, not the output queue, holds a mailbox the reader has not taken.
     pub slice_unflushed: bool,
     /// The chat messages this connection sent that are not answered yet, and what was to be
-    /// answered after them, in request order.
+    /// answered after them, in request order. At `MAX_QUEUED` the connection is paused: a
+    /// sender faster than the store waits instead of filling the node's memory.
     pub sent: VecDeque<Sent>,
-    /// How many of `sent` are still in the log. At `MAX_IN_LOG` the connection is paused:
-    /// a sender faster than the store waits instead of filling the node's memory.
-    pub in_log: usize,
     /// A request that waits for `sent` to empty (the connection is paused meanwhile).
     pub deferred: Option<Parsed>,
+    /// Answers held behind those of chats still on their way to other nodes, in request order,
+    /// and deliveries that arrived meanwhile (they follow the answers, as behind a job).
+    pub replies: VecDeque<Reply>,
+    /// Chats of this connection on their way to other nodes (or stored instead). At
+    /// `MAX_ROUTING` the connection is paused, as for the log.
+    pub routing: usize,
+    /// A job that waits for this connection's chats to other nodes to be settled (`job` is set).
+    pub waiting_job: Option<Job>,
     /// Acknowledged delivery, when the login asked for it.
     pub acks: Option<AckState>,
 }
@@ -166,10 +172,22 @@ pub(crate) enum Sent {
     Answer(Vec<u8>),
 }
 
+/// An answer in the order of requests, or a delivery behind it.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// A chat's, once the bus (or the store) has settled it.
+    Pending,
+    Ready(Out),
+}
+
 impl Session {
-    /// Nothing holds the connection's reading back: no job, no deferred request, room in the log.
+    /// Nothing holds the connection's reading back: no job, no deferred request, room in the
+    /// log and on the way to other nodes.
     pub(super) fn may_read(&self) -> bool {
-        !self.job && self.deferred.is_none() && self.in_log < super::chat::MAX_IN_LOG
+        !self.job
+            && self.deferred.is_none()
+            && self.sent.len() < super::chat::MAX_QUEUED
+            && self.routing < super::chat::MAX_ROUTING
     }
 
     pub(super) fn new(at: Loc) -> Session {
@@ -182,8 +200,10 @@ impl Session {
             streaming: false,
             slice_unflushed: false,
             sent: VecDeque::new(),
-            in_log: 0,
             deferred: None,
+            replies: VecDeque::new(),
+            routing: 0,
+            waiting_job: None,
             acks: None,
         }
     }

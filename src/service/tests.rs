@@ -385,7 +385,7 @@ impl Bus for SlowBus {
         Ok(false)
     }
 
-    fn route_async(&self, user: UserId, _msg: Arc<str>, from: Loc) -> Routing {
+    fn route_async(&self, user: UserId, _msg: Arc<str>, from: Loc, _epoch: u32) -> Routing {
         self.routes.lock().push((user, from));
         Routing::Queued
     }
@@ -395,8 +395,8 @@ impl Bus for SlowBus {
     }
 }
 
-/// A chat for a user on no node waits for the bus's answer with its sender paused; "nobody
-/// received it" stores it even when the sender reset meanwhile: it was accepted.
+/// Chats for users on other nodes are on the bus many at once, their answers in request order;
+/// "nobody received it" stores a chat even when its sender reset meanwhile: it was accepted.
 #[test]
 fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
     let bus = Arc::new(SlowBus::default());
@@ -406,17 +406,50 @@ fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
     let bob = n.register(b, "bob");
     n.login(b, bob);
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"first","time":"t","seq":1}));
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"second","time":"t","seq":2}));
     n.settle(); // logged, then handed to the bus
-    assert!(n.io.conns[&b].paused, "the sender waits for the bus");
-    assert_eq!(bus.routes.lock().pop(), Some((alice, b)));
+    assert!(!n.io.conns[&b].paused, "the sender goes on while the bus answers");
+    assert_eq!(*bus.routes.lock(), [(alice, b), (alice, b)], "both on the bus at once");
+    assert!(n.take_lines(b).is_empty(), "answers wait for the bus");
     n.handle(Event::Routed { from: b, result: Ok(false) });
     n.settle();
-    assert_eq!(n.take_lines(b)[0]["errno"], 0);
-    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"second","time":"t"}));
+    assert_eq!(n.take_lines(b)[0]["seq"], 1);
     n.reset(b);
     n.handle(Event::Routed { from: b, result: Ok(false) });
     n.settle();
     assert_eq!(offline(&n.login(a, alice)), ["\"first\"", "\"second\""]);
+}
+
+/// Once a chat was received by nobody, the sender's next one waits until it is stored: routed
+/// at once, it could reach a user who just logged in before the stored one does.
+#[test]
+fn a_chat_sent_after_one_nobody_received_waits_until_that_one_is_stored() {
+    let bus = Arc::new(SlowBus::default());
+    let mut n = Node::with_bus(bus.clone());
+    let (a, b) = (n.connect(), n.connect());
+    let alice = n.register(a, "alice");
+    let bob = n.register(b, "bob");
+    n.login(b, bob);
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"first","time":"t","seq":1}));
+    n.settle();
+    n.handle(Event::Routed { from: b, result: Ok(false) }); // its store is queued on the pool
+    n.frame(b, json!({"msgid":6,"toid":alice,"msg":"second","time":"t","seq":2}));
+    n.frame(b, json!({"msgid":1,"id":bob,"password":"pw"})); // a request that waits for both
+    while n.commit_log() {}
+    while let Some(e) = n.next_event() {
+        n.handle(e);
+    }
+    assert_eq!(bus.routes.lock().len(), 1, "the second is held back");
+    n.settle(); // the first is stored, then the second goes out
+    assert_eq!(bus.routes.lock().len(), 2);
+    assert_eq!(n.take_lines(b).len(), 1, "only the first is answered");
+    n.handle(Event::Routed { from: b, result: Ok(true) });
+    n.settle();
+    let answers = n.take_lines(b);
+    let seqs: Vec<&Value> = answers.iter().map(|l| &l["seq"]).collect();
+    assert_eq!(seqs, [&json!(2), &Value::Null], "in request order: {answers:?}");
+    assert_eq!(answers[1]["errno"], 2, "then the login's (already online)");
+    assert_eq!(offline(&n.login(a, alice)), ["\"first\""]);
 }
 
 /// Received on another node: acknowledged, nothing stored. The bus unreachable: stored for
@@ -513,20 +546,20 @@ fn a_retry_of_a_message_another_node_logged_is_delivered_under_its_mid() {
     assert!(n.take_lines(b).is_empty());
 }
 
-/// A sender faster than the log is paused once `MAX_IN_LOG` of its messages are in it, and
+/// A sender faster than the log is paused once `MAX_QUEUED` of its messages wait in it, and
 /// reads again as their answers come back; nothing is lost or reordered meanwhile.
 #[test]
 fn a_sender_ahead_of_the_log_is_paused_until_it_catches_up() {
     let (mut n, a, alice, b, bob) = alice_and_bob();
     n.login(a, alice);
-    for i in 0..super::chat::MAX_IN_LOG {
+    for i in 0..super::chat::MAX_QUEUED {
         n.frame(a, json!({"msgid":6,"toid":bob,"msg":i.to_string(),"time":"t","seq":i}));
     }
     assert!(n.io.conns[&a].paused, "paused with a full log");
     n.settle();
     assert!(!n.io.conns[&a].paused, "reading again once answered");
     let seqs: Vec<Value> = n.take_lines(a).iter().map(|l| l["seq"].clone()).collect();
-    assert_eq!(seqs, (0..super::chat::MAX_IN_LOG).map(|i| json!(i)).collect::<Vec<_>>());
+    assert_eq!(seqs, (0..super::chat::MAX_QUEUED).map(|i| json!(i)).collect::<Vec<_>>());
     let lines = n.take_lines(b);
-    assert_eq!(msgs(&lines), (0..super::chat::MAX_IN_LOG).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(msgs(&lines), (0..super::chat::MAX_QUEUED).map(|i| i.to_string()).collect::<Vec<_>>());
 }
