@@ -4,8 +4,10 @@
 #   and Redis pub/sub used as a chat relay (what many would pick instead).
 # Everything runs privately on free loopback ports under one temp dir, and is stopped at exit.
 #   scripts/bench.sh [OUTPUT]        (default OUTPUT: BENCHMARKS.md)
+# Then a cluster of two nodes on a private MariaDB and Redis: messages across nodes, and the
+# integrity check under every fault at once.
 # Knobs (environment): PAIRS, BIG_PAIRS, MESSAGES, FLOOD_MESSAGES, MEMBERS, FANOUT_MESSAGES, ACKS_MESSAGES,
-# IDLE (sessions held; default: as many as the server's open-file limit allows).
+# IDLE (sessions held; default: as many as the server's open-file limit allows), INTEGRITY_SECS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-BENCHMARKS.md}
@@ -16,11 +18,16 @@ FLOOD_MESSAGES=${FLOOD_MESSAGES:-40000}
 MEMBERS=${MEMBERS:-1000}
 FANOUT_MESSAGES=${FANOUT_MESSAGES:-2000}
 ACKS_MESSAGES=${ACKS_MESSAGES:-500}
+INTEGRITY_SECS=${INTEGRITY_SECS:-120}
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    [ "$(id -u)" -eq 0 ] || { echo "bench.sh: redis-server is missing" >&2; exit 1; }
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || { echo "bench.sh: missing ${missing[*]}" >&2; exit 1; }
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 cargo build --release --locked --bins -q
 
@@ -28,6 +35,8 @@ dir=$(mktemp -d /tmp/chat-bench.XXXXXX)
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # What the faults of the integrity run started again.
+    for f in "$dir"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$dir"
 }
@@ -60,20 +69,25 @@ start_listening "$dir/chat.log" target/release/chatserver --listen 127.0.0.1:0 -
 chat_addr=$addr chat_pid=$pid
 start_listening "$dir/relay.log" "$bench" relay --listen 127.0.0.1:0 --threads "$(nproc)"
 relay_addr=$addr relay_pid=$pid
+# start_redis PORT NAME: a private Redis without persistence; sets $redis_pid.
+start_redis() {
+    local port=$1 name=$2
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+        --logfile "$dir/$name.log" &
+    redis_pid=$!
+    pids+=("$redis_pid")
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    if ! kill -0 "$redis_pid" 2>/dev/null || ! redis-cli -p "$port" ping >/dev/null 2>&1; then
+        echo "bench.sh: redis-server did not start on port $port:" >&2
+        cat "$dir/$name.log" >&2
+        exit 1
+    fi
+}
 redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
-    --logfile "$dir/redis.log" &
-pids+=($!)
-redis_pid=$!
-for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break
-    sleep 0.1
-done
-if ! kill -0 "$redis_pid" 2>/dev/null || ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
-    echo "bench.sh: redis-server did not start on port $redis_port:" >&2
-    cat "$dir/redis.log" >&2
-    exit 1
-fi
+start_redis "$redis_port" redis
 redis_addr=127.0.0.1:$redis_port
 
 # run NAME TARGET ADDR PID ARGS...: one chatbench run, its JSON line kept in $dir/NAME.json.
@@ -129,6 +143,53 @@ echo "== idle $IDLE" >&2
 "$bench" idle --addr "$chat_addr" --connections "$IDLE" --procs $(((IDLE + 4999) / 5000)) --pid "$chat_pid" \
     --json >"$dir/idle.json"
 cat "$dir/idle.json" >&2
+kill "$chat_pid"
+
+# The cluster: two nodes, MariaDB, Redis. Users connect to the nodes' own ports in turn (user i
+# to node i % 2), so both users of a pair are on different nodes and every message crosses.
+start_mariadb "$dir"
+pids+=("$db_pid")
+cluster_redis_port=$(free_port)
+start_redis "$cluster_redis_port" cluster-redis
+echo "$redis_pid" >"$dir/cluster-redis.pid"
+node_ports=("$(free_port)" "$(free_port)")
+node_cmd() { # node_cmd I: the command line of node I, on its own port
+    echo "$PWD/target/release/chatserver --listen 127.0.0.1:${node_ports[$1]} --node-id bench-n$1" \
+        "--store mysql://root@127.0.0.1:$db_port/chat --bus redis://127.0.0.1:$cluster_redis_port" \
+        "--hash-memory-kib 256 --hash-iterations 1 --ack-timeout 2"
+}
+for i in 0 1; do
+    # shellcheck disable=SC2046 # the command line is meant to split into words
+    start_listening "$dir/node$i.log" $(node_cmd $i)
+    echo "$pid" >"$dir/node$i.pid"
+done
+cluster_pids="$(cat "$dir/node0.pid"),$(cat "$dir/node1.pid"),$redis_pid,$db_pid"
+both="${node_ports[0]},${node_ports[1]}"
+run "warm-cluster" chat 127.0.0.1 "$cluster_pids" flood --ports "$both" --pairs 20 --messages 2000
+run "cross-flood" chat 127.0.0.1 "$cluster_pids" flood --ports "$both" --pairs 50 \
+    --messages $((FLOOD_MESSAGES / 4)) --window 64
+run "same-flood" chat 127.0.0.1 "$cluster_pids" flood --ports "${node_ports[0]}" --pairs 50 \
+    --messages $((FLOOD_MESSAGES / 4)) --window 64
+run "cross-pingpong" chat 127.0.0.1 "$cluster_pids" pingpong --ports "$both" --pairs "$PAIRS" \
+    --messages $((MESSAGES / 4))
+# Integrity under every fault: clients reset and blackholed throughout, and in turn a node
+# killed (-9) and started again, Redis killed (-9) and started again empty, the other node,
+# Redis shut down and started again.
+restart_node() { # restart_node I: a fault command
+    echo "kill -9 \$(cat $dir/node$1.pid); sleep 1; $(node_cmd "$1") >>$dir/node$1.log 2>&1 </dev/null &" \
+        "echo \$! >$dir/node$1.pid"
+}
+redis_again="redis-server --port $cluster_redis_port --bind 127.0.0.1 --save '' --appendonly no --dir $dir"
+redis_again+=" --logfile $dir/cluster-redis.log </dev/null & echo \$! >$dir/cluster-redis.pid"
+echo "== integrity, $INTEGRITY_SECS s, all faults" >&2
+"$bench" integrity --addr 127.0.0.1 --ports "$both" --users 20 --secs "$INTEGRITY_SECS" --rate 200 --drain 60 \
+    --rst-every 2000 --blackhole-every 5000 --blackhole-for 3000 --fault-every 15000 \
+    --fault "$(restart_node 0)" \
+    --fault "kill -9 \$(cat $dir/cluster-redis.pid); sleep 1; $redis_again" \
+    --fault "$(restart_node 1)" \
+    --fault "redis-cli -p $cluster_redis_port shutdown nosave; sleep 1; $redis_again" \
+    --json >"$dir/integrity.json" || true
+cat "$dir/integrity.json" >&2
 
 row() { # row LABEL NAME: throughput, latency and CPU of chat, relay and Redis, and the ratios
     local label=$1 n=$2 relay=– redis=– vs_relay=– vs_redis=–
@@ -197,6 +258,31 @@ lat() { # lat LABEL NAME
     echo "| fanout to 1,000 members ≥ 500,000 deliveries/s | $(rate fanout-chat) | $(met "$(rate fanout-chat)" 500000 ">=") |"
     bytes=$(awk -v b="$(field idle server_bytes_per_session)" 'BEGIN { printf "%.0f", b }')
     echo "| idle: ≤ 4 KiB of server memory per session | $bytes B | $(met "$bytes" 4096 "<=") |"
+    echo "| cluster: durable flood across nodes ≥ 60,000 msg/s | $(rate cross-flood) | $(met "$(rate cross-flood)" 60000 ">=") |"
+    lost=$(field integrity lost)
+    echo "| integrity with every fault: 0 lost | ${lost:-–} | $(met "${lost:-1}" 0 "<=") |"
+    echo
+    echo "## Cluster: two nodes, MariaDB, Redis"
+    echo
+    echo "Both nodes, Redis and MariaDB on the same $(nproc) cores as the load generator; CPU is summed over"
+    echo "all four processes. Across nodes: each user of a pair on its own node, every message crosses"
+    echo "through Redis. Same node: both users on one node of the cluster."
+    echo
+    echo "| run | msg/s | p50 µs | p99 µs | CPU µs per message |"
+    echo "|---|---:|---:|---:|---:|"
+    for n in cross-flood same-flood cross-pingpong; do
+        echo "| $n | $(rate "$n") | $(field "$n" p50_us) | $(field "$n" p99_us) | $(cpu "$n") |"
+    done
+    echo
+    echo "Across nodes / same node, flood: $(ratio "$(rate cross-flood)" "$(rate same-flood)")."
+    echo
+    echo "Integrity, $INTEGRITY_SECS s of sending with every fault (clients reset every 2 s, a path blackholed every"
+    echo "5 s; every 15 s in turn: a node killed -9 and restarted, Redis killed -9 and restarted empty, the"
+    echo "other node, Redis shut down and restarted):"
+    echo
+    echo "| attempted | acknowledged | delivered | lost | unexpected | duplicated | recovered | order violations | faults run (failed) |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| $(field integrity attempted) | $(field integrity acknowledged) | $(field integrity delivered) | $(field integrity lost) | $(field integrity unexpected) | $(field integrity duplicated) | $(field integrity recovered) | $(field integrity order_violations) | $(field integrity faults) ($(field integrity faults_failed)) |"
     echo
     echo "## Idle sessions"
     echo

@@ -49,18 +49,9 @@ up() {
     bin="$PWD/target/release/chatserver"
     echo "$dir" >"$pointer"
 
-    local db_port redis_port
-    db_port=$(free_port)
-    mariadb-install-db --no-defaults --user="$(id -un)" --datadir="$dir/mariadb" \
-        --auth-root-authentication-method=normal --skip-test-db >"$dir/mariadb-install.log" 2>&1
-    # No passwords: it listens on loopback only and lives as long as this cluster.
-    mariadbd --no-defaults --user="$(id -un)" --datadir="$dir/mariadb" --socket="$dir/mariadb.sock" \
-        --port="$db_port" --bind-address=127.0.0.1 --skip-grant-tables --skip-log-bin \
-        --pid-file="$dir/mariadb.pid" --log-error="$dir/mariadb.log" </dev/null >"$dir/mariadb.out" 2>&1 &
-    echo $! >"$dir/mariadb.pidof"
-    wait_port "$db_port" MariaDB
-    mariadb --no-defaults -h127.0.0.1 -P"$db_port" -uroot -e "CREATE DATABASE IF NOT EXISTS chat CHARACTER SET utf8mb4"
-    mariadb --no-defaults -h127.0.0.1 -P"$db_port" -uroot chat <schema.sql
+    local redis_port
+    start_mariadb "$dir"
+    echo "$db_pid" >"$dir/mariadb.pidof"
 
     redis_port=$(free_port)
     redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$dir" \

@@ -15,3 +15,23 @@ free_port() {
         fi
     done
 }
+
+# Starts a private MariaDB in DIR/mariadb on a free loopback port, without passwords (it listens
+# on loopback only and lives as long as its caller), with database `chat` loaded from
+# schema.sql; sets $db_port and $db_pid.
+start_mariadb() {
+    local dir=$1
+    db_port=$(free_port)
+    mariadb-install-db --no-defaults --user="$(id -un)" --datadir="$dir/mariadb" \
+        --auth-root-authentication-method=normal --skip-test-db >"$dir/mariadb-install.log" 2>&1
+    mariadbd --no-defaults --user="$(id -un)" --datadir="$dir/mariadb" --socket="$dir/mariadb.sock" \
+        --port="$db_port" --bind-address=127.0.0.1 --skip-grant-tables --skip-log-bin \
+        --pid-file="$dir/mariadb.pid" --log-error="$dir/mariadb.log" </dev/null >"$dir/mariadb.out" 2>&1 &
+    db_pid=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$db_port") 2>/dev/null && break
+        sleep 0.1
+    done
+    mariadb --no-defaults -h127.0.0.1 -P"$db_port" -uroot -e "CREATE DATABASE IF NOT EXISTS chat CHARACTER SET utf8mb4"
+    mariadb --no-defaults -h127.0.0.1 -P"$db_port" -uroot chat <schema.sql
+}

@@ -25,6 +25,8 @@ fn plan(addrs: Vec<String>) -> IntegrityPlan {
         rst_every: None,
         blackhole_every: None,
         blackhole_for: Duration::from_secs(2),
+        faults: Vec::new(),
+        fault_every: Duration::from_secs(1),
         progress: false,
     }
 }
@@ -48,9 +50,12 @@ fn clients_that_reset_their_connections_lose_nothing() {
     let s = TestServer::start();
     let mut p = plan(vec![s.addr.to_string()]);
     p.rst_every = Some(Duration::from_millis(100));
+    // Fault commands run in turn during the send phase (4 s): at 1, 2 and 3 s.
+    p.faults = vec!["true".into(), "exit 3".into()];
     let r = run_with(p, || {});
     assert_clean(&r);
     assert!(r.resets >= 20 && r.reconnects >= r.resets, "{r:?}");
+    assert_eq!((r.faults, r.faults_failed), (3, 1), "{r:?}");
 }
 
 /// Paths that go silent both ways with their sockets open: the server learns of it only

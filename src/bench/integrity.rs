@@ -9,7 +9,8 @@
 //! with both sockets kept open: the user notices only when the proxy finally resets its side
 //! (after `blackhole_for`); the server's side stays open and silent until the end of the run
 //! (canonical sessions: it is reset when the user gives up, since only TCP could tell such a
-//! server). Other faults (killing a node, Redis) are the caller's, while this runs.
+//! server). With `faults`, shell commands the caller gives (kill -9 a node and start it again,
+//! restart Redis…) run one every `fault_every`, in turn, while messages are sent.
 //!
 //! A real blackhole acknowledges nothing, but the proxy's kernel acknowledges what the server
 //! sent until its receive buffer is full. An acks session loses none of it (the client never
@@ -66,6 +67,9 @@ pub struct IntegrityPlan {
     pub blackhole_every: Option<Duration>,
     /// ...for this long, before the user learns its connection is gone.
     pub blackhole_for: Duration,
+    /// Shell commands, run in turn, one every `fault_every` during the send phase.
+    pub faults: Vec<String>,
+    pub fault_every: Duration,
     pub progress: bool,
 }
 
@@ -85,6 +89,9 @@ pub struct IntegrityReport {
     pub resets: usize,
     /// Paths that went silent.
     pub blackholes: usize,
+    /// Fault commands run, and how many of them failed (exited non-zero or could not start).
+    pub faults: usize,
+    pub faults_failed: usize,
     /// Lost messages that a silenced path's proxy had acknowledged over TCP and never passed on
     /// (canonical sessions only; part of `lost`).
     pub lost_in_proxy: usize,
@@ -177,6 +184,10 @@ pub fn integrity(plan: &IntegrityPlan) -> io::Result<IntegrityReport> {
             thread::Builder::new().name(format!("integrity-{i}")).spawn(move || User::new(i, &shared).run())
         })
         .collect::<io::Result<_>>()?;
+    let faults = {
+        let shared = shared.clone();
+        thread::Builder::new().name("integrity-faults".into()).spawn(move || inject_faults(&shared))?
+    };
     let bar = progress(plan);
     while !workers.iter().all(|w| w.is_finished()) {
         bar.set_message(format!(
@@ -190,7 +201,32 @@ pub fn integrity(plan: &IntegrityPlan) -> io::Result<IntegrityReport> {
     bar.finish_and_clear();
     shared.dead_paths.lock().clear();
     let tallies: Vec<Tally> = workers.into_iter().map(|w| w.join().unwrap_or_default()).collect();
-    Ok(judge(&shared.ids, &tallies))
+    let mut report = judge(&shared.ids, &tallies);
+    (report.faults, report.faults_failed) = faults.join().unwrap_or_default();
+    Ok(report)
+}
+
+/// Runs the plan's fault commands in turn, one every `fault_every`, until the send phase ends;
+/// returns how many ran and how many failed.
+fn inject_faults(shared: &Shared) -> (usize, usize) {
+    let plan = &shared.plan;
+    let (mut ran, mut failed) = (0, 0);
+    if plan.faults.is_empty() {
+        return (ran, failed);
+    }
+    let mut next = plan.fault_every;
+    while next < plan.duration {
+        thread::sleep(next.saturating_sub(shared.start.elapsed()));
+        let command = &plan.faults[ran % plan.faults.len()];
+        let status = std::process::Command::new("sh").arg("-c").arg(command).status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            log::warn!("fault `{command}` failed: {status:?}");
+            failed += 1;
+        }
+        ran += 1;
+        next += plan.fault_every;
+    }
+    (ran, failed)
 }
 
 fn progress(plan: &IntegrityPlan) -> indicatif::ProgressBar {

@@ -103,6 +103,13 @@ struct Args {
     /// integrity: milliseconds a silent path lasts before its user gives up on it.
     #[arg(long, default_value_t = 3000)]
     blackhole_for: u64,
+    /// integrity: a fault to inject, a shell command (e.g. kill -9 a node and start it again);
+    /// repeat for several: one runs every `--fault-every`, in turn, while messages are sent.
+    #[arg(long)]
+    fault: Vec<String>,
+    /// integrity: milliseconds between faults.
+    #[arg(long, default_value_t = 10_000)]
+    fault_every: u64,
     /// idle, internal: run as one client process with this share, `INDEX:COUNT:TAG`.
     #[arg(long, hide = true)]
     share: Option<String>,
@@ -230,6 +237,8 @@ fn integrity(args: &Args, addrs: Vec<String>) -> ExitCode {
         rst_every: args.rst_every.map(std::time::Duration::from_millis),
         blackhole_every: args.blackhole_every.map(std::time::Duration::from_millis),
         blackhole_for: std::time::Duration::from_millis(args.blackhole_for),
+        faults: args.fault.clone(),
+        fault_every: std::time::Duration::from_millis(args.fault_every.max(1)),
         progress: !args.json,
     };
     let r = match integrity(&plan) {
@@ -243,9 +252,10 @@ fn integrity(args: &Args, addrs: Vec<String>) -> ExitCode {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         println!(
-            "Integrity: {} attempted, {} acknowledged, {} delivered; lost {} ({} of them acknowledged by a silenced proxy), unexpected {}, duplicated {}, recovered {}, order violations {}; {} refused, {} reconnects, {} resets, {} blackholes",
+            "Integrity: {} attempted, {} acknowledged, {} delivered; lost {} ({} of them acknowledged by a silenced proxy), unexpected {}, duplicated {}, recovered {}, order violations {}; {} refused, {} reconnects, {} resets, {} blackholes, {} faults ({} failed)",
             r.attempted, r.acknowledged, r.delivered, r.lost, r.lost_in_proxy, r.unexpected, r.duplicated,
-            r.recovered, r.order_violations, r.refused, r.reconnects, r.resets, r.blackholes
+            r.recovered, r.order_violations, r.refused, r.reconnects, r.resets, r.blackholes, r.faults,
+            r.faults_failed
         );
         if !r.lost_examples.is_empty() {
             println!("lost (sender:n): {}", r.lost_examples.join(" "));

@@ -328,9 +328,8 @@ impl Bus for RedisBus {
 
     fn route(&self, user: UserId, msg: &str) -> Result<bool, BusError> {
         let payload = format!("{user} {msg}");
-        let receivers: Vec<i64> = self.with(|c| {
-            self.scripts[3].key(presence_key(user)).key(acks_key(user)).arg(&payload).arg("").invoke(c)
-        })?;
+        let receivers: Vec<i64> =
+            self.with(|c| self.scripts[3].key(presence_key(user)).key(acks_key(user)).arg(&payload).arg("").invoke(c))?;
         Ok(receivers.first().is_some_and(|&n| n > 0))
     }
 
