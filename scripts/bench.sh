@@ -7,7 +7,8 @@
 # Then a cluster of two nodes on a private MariaDB and Redis: messages across nodes, and the
 # integrity check under every fault at once.
 # Knobs (environment): PAIRS, BIG_PAIRS, MESSAGES, FLOOD_MESSAGES, MEMBERS, FANOUT_MESSAGES, ACKS_MESSAGES,
-# IDLE (sessions held; default: as many as the server's open-file limit allows), INTEGRITY_SECS.
+# IDLE (sessions held; default: as many as the server's open-file limit allows), HOLD (acks sessions
+# holding a full window), INTEGRITY_SECS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-BENCHMARKS.md}
@@ -19,6 +20,7 @@ MEMBERS=${MEMBERS:-1000}
 FANOUT_MESSAGES=${FANOUT_MESSAGES:-2000}
 ACKS_MESSAGES=${ACKS_MESSAGES:-500}
 INTEGRITY_SECS=${INTEGRITY_SECS:-120}
+HOLD=${HOLD:-200}
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -144,6 +146,14 @@ echo "== idle $IDLE" >&2
     --json >"$dir/idle.json"
 cat "$dir/idle.json" >&2
 kill "$chat_pid"
+# Acks sessions that never acknowledge, each given more than its window (1,000), on a fresh node
+# that never ends them for it (--ack-timeout 0): what holding full windows costs.
+start_listening "$dir/hold.log" target/release/chatserver --listen 127.0.0.1:0 --store "sqlite:$dir/hold.db" \
+    --hash-memory-kib 256 --hash-iterations 1 --ack-timeout 0
+echo "== $HOLD acks sessions holding a full window" >&2
+"$bench" idle --addr "$addr" --connections "$HOLD" --procs 1 --acks --fill 1100 --pid "$pid" --json >"$dir/hold.json"
+cat "$dir/hold.json" >&2
+kill "$pid"
 
 # The cluster: two nodes, MariaDB, Redis. Users connect to the nodes' own ports in turn (user i
 # to node i % 2), so both users of a pair are on different nodes and every message crosses.
@@ -261,6 +271,14 @@ lat() { # lat LABEL NAME
     echo "| cluster: durable flood across nodes ≥ 60,000 msg/s | $(rate cross-flood) | $(met "$(rate cross-flood)" 60000 ">=") |"
     lost=$(field integrity lost)
     echo "| integrity with every fault: 0 lost | ${lost:-–} | $(met "${lost:-1}" 0 "<=") |"
+    echo
+    echo "## Acks sessions that never acknowledge"
+    echo
+    hold_kib=$(field hold fill_growth_kib)
+    echo "$(field hold sessions) sessions with acks, each sent 1,100 messages and acknowledging none: they received"
+    echo "$(field hold received) in all, at most $(field hold received_most) each (the window is 1,000); the server's RSS grew by"
+    echo "$hold_kib KiB while they filled ($(awk -v k="$hold_kib" -v n="$(field hold sessions)" 'BEGIN { if (n > 0) printf "%.0f", k * 1024 / n }') bytes per session, the"
+    echo "store's caches included)."
     echo
     echo "## Cluster: two nodes, MariaDB, Redis"
     echo

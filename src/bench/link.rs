@@ -148,6 +148,16 @@ impl ChatLink {
         self.writer
     }
 
+    /// Another handle on the socket, for a thread that only writes.
+    pub fn writer(&self) -> io::Result<TcpStream> {
+        self.writer.try_clone()
+    }
+
+    /// The next line received, without its `\n`.
+    pub fn next_line(&mut self) -> io::Result<&[u8]> {
+        self.reader.line()
+    }
+
     /// Setup only: one request (with `seq` when it wants an ack) and its answer, which must
     /// be a success.
     pub fn request(&mut self, request: &Request, seq: Option<u64>) -> io::Result<Answer> {

@@ -437,10 +437,16 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     (hz > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / hz as f64))
 }
 
-/// One idle client process's share: `count` users, each registered, logged in and then left
-/// alone, connecting from `source` so one process is not bounded by one address's ephemeral
-/// ports. Returns the open connections; the caller holds them.
-pub fn idle_share(addr: &str, source: std::net::Ipv4Addr, tag: &str, count: usize) -> io::Result<Vec<TcpStream>> {
+/// One idle client process's share: `count` users, each registered, logged in (with acks if
+/// asked) and then left alone, connecting from `source` so one process is not bounded by one
+/// address's ephemeral ports. Returns each user's id and open connection; the caller holds them.
+pub fn idle_share(
+    addr: &str,
+    source: std::net::Ipv4Addr,
+    tag: &str,
+    count: usize,
+    acks: bool,
+) -> io::Result<Vec<(u32, TcpStream)>> {
     use socket2::{Domain, SockAddr, Socket, Type};
     let target: std::net::SocketAddr = addr.parse().map_err(|e| err(format!("{addr}: {e}")))?;
     let mut held = Vec::with_capacity(count);
@@ -451,8 +457,89 @@ pub fn idle_share(addr: &str, source: std::net::Ipv4Addr, tag: &str, count: usiz
         let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut c = ChatLink::from_stream(stream)?;
-        c.sign_up(&format!("{tag}-{i}"), "idle", false)?;
-        held.push(c.into_stream());
+        let id = c.sign_up(&format!("{tag}-{i}"), "idle", acks)?;
+        held.push((id, c.into_stream()));
     }
     Ok(held)
+}
+
+/// Reads and drops what arrives on `held` (never acknowledging it) until `stop`, telling
+/// `progress` the lines each connection has received about once a second.
+pub fn read_idle(
+    held: &[TcpStream],
+    stop: &std::sync::atomic::AtomicBool,
+    mut progress: impl FnMut(&[usize]),
+) -> io::Result<()> {
+    use std::io::Read;
+    let mut lines = vec![0; held.len()];
+    for s in held {
+        s.set_nonblocking(true)?;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut told = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if told.elapsed() >= Duration::from_secs(1) {
+            progress(&lines);
+            told = Instant::now();
+        }
+        let mut any = false;
+        for (s, n) in held.iter().zip(&mut lines) {
+            while let Ok(got @ 1..) = (&*s).read(&mut buf) {
+                *n += buf[..got].iter().filter(|&&b| b == b'\n').count();
+                any = true;
+            }
+        }
+        if !any {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    progress(&lines);
+    Ok(())
+}
+
+/// Sends `per_user` one-to-one messages to each of `ids` over `connections` sender sessions of
+/// their own, and waits for every answer; returns how many were accepted (errno 0).
+pub fn fill(addr: &str, ids: &[u32], per_user: usize, connections: usize) -> io::Result<usize> {
+    use std::io::Write;
+    let tag = format!("fill{}", crate::proto::time::now_ms());
+    let chunks: Vec<Vec<u32>> =
+        ids.chunks(ids.len().div_ceil(connections.max(1)).max(1)).map(<[u32]>::to_vec).collect();
+    let workers: Vec<thread::JoinHandle<io::Result<usize>>> = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let addr = addr.to_owned();
+            let name = format!("{tag}-{i}");
+            thread::spawn(move || -> io::Result<usize> {
+                let mut link = ChatLink::open(&addr)?;
+                link.sign_up(&name, "fill", false)?;
+                let mut writer = io::BufWriter::new(link.writer()?);
+                let total = chunk.len() * per_user;
+                let sender = thread::spawn(move || -> io::Result<()> {
+                    for round in 0..per_user {
+                        for (k, to) in chunk.iter().enumerate() {
+                            let seq = round * chunk.len() + k;
+                            writeln!(writer, r#"{{"msgid":6,"toid":{to},"msg":"fill {round}","seq":{seq}}}"#)?;
+                        }
+                    }
+                    writer.flush()
+                });
+                let (mut answered, mut accepted) = (0, 0);
+                while answered < total {
+                    let line = link.next_line()?;
+                    if crate::proto::peek::msgid(line) == Some(crate::proto::MsgId::Ack) {
+                        answered += 1;
+                        accepted += usize::from(crate::proto::peek::number(line, "errno") == Some(0));
+                    }
+                }
+                sender.join().map_err(|_| err("the sender thread failed"))??;
+                Ok(accepted)
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for w in workers {
+        accepted += w.join().map_err(|_| err("a fill thread failed"))??;
+    }
+    Ok(accepted)
 }

@@ -65,9 +65,14 @@ struct Args {
     /// relay: reactor threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// pingpong on the chat: log in with acks and acknowledge every delivery (msgid 12).
+    /// pingpong on the chat: log in with acks and acknowledge every delivery (msgid 12);
+    /// idle: sessions with acks, which never acknowledge.
     #[arg(long)]
     acks: bool,
+    /// idle: once every session is held, send this many messages to each (the sessions read
+    /// them and never acknowledge); reports what they hold and the server's growth.
+    #[arg(long, default_value_t = 0)]
+    fill: usize,
     /// Print one JSON line instead of the summary.
     #[arg(long)]
     json: bool,
@@ -300,12 +305,24 @@ fn idle(args: &Args) -> anyhow::Result<()> {
         let index: u8 = index.parse().context("share index")?;
         let count: usize = count.parse().context("share count")?;
         let source = std::net::Ipv4Addr::new(127, 0, 1, index.saturating_add(1));
-        let held =
-            chat::bench::idle_share(&args.addr, source, &format!("{tag}-{index}"), count).context("idle sessions")?;
-        println!("ready {}", held.len());
+        let held = chat::bench::idle_share(&args.addr, source, &format!("{tag}-{index}"), count, args.acks)
+            .context("idle sessions")?;
+        let ids: Vec<String> = held.iter().map(|(id, _)| id.to_string()).collect();
+        println!("ready {} {}", held.len(), ids.join(","));
         let _ = std::io::stdout().flush();
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
+        // Read (and drop) what arrives until stdin closes, saying every second how much came.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopper = stop.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            stopper.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let streams: Vec<std::net::TcpStream> = held.into_iter().map(|(_, s)| s).collect();
+        chat::bench::read_idle(&streams, &stop, |lines| {
+            println!("received {} {}", lines.iter().sum::<usize>(), lines.iter().max().unwrap_or(&0));
+            let _ = std::io::stdout().flush();
+        })?;
         return Ok(());
     }
     let procs = args.procs.clamp(1, 200);
@@ -318,36 +335,72 @@ fn idle(args: &Args) -> anyhow::Result<()> {
     for i in 0..procs {
         let count = args.connections / procs + usize::from(i < args.connections % procs);
         let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
-            .args(["idle", "--addr", &nodes[i % nodes.len()], "--share", &format!("{i}:{count}:{tag}")])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("a client process")?;
+        let mut command = Command::new(exe);
+        command.args(["idle", "--addr", &nodes[i % nodes.len()], "--share", &format!("{i}:{count}:{tag}")]);
+        if args.acks {
+            command.arg("--acks");
+        }
+        let child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("a client process")?;
         children.push(child);
     }
-    let mut held = 0;
+    let mut outputs = Vec::new();
+    let (mut held, mut ids) = (0, Vec::new());
     for child in &mut children {
-        let mut line = String::new();
-        if let Some(out) = child.stdout.as_mut() {
-            BufReader::new(out).read_line(&mut line)?;
-        }
-        held += line
-            .strip_prefix("ready ")
-            .and_then(|n| n.trim().parse::<usize>().ok())
-            .ok_or_else(|| anyhow!("a client process failed"))?;
+        let out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("a client process has no output"))?);
+        let mut lines = out.lines();
+        let line = lines.next().transpose()?.unwrap_or_default();
+        let mut words = line.strip_prefix("ready ").ok_or_else(|| anyhow!("a client process failed"))?.split(' ');
+        held += words.next().and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| anyhow!("a bad ready line"))?;
+        ids.extend(words.next().unwrap_or("").split(',').filter_map(|id| id.parse::<u32>().ok()));
+        // The child's progress, `received TOTAL MOST`, kept as it comes.
+        let seen = std::sync::Arc::new(parking_lot::Mutex::new((0usize, 0usize)));
+        let keep = seen.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut words = line.strip_prefix("received ").unwrap_or("").split(' ');
+                let mut number = || words.next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+                *keep.lock() = (number(), number());
+            }
+        });
+        outputs.push(seen);
     }
+    let received = || outputs.iter().map(|s| *s.lock()).fold((0, 0), |(t, m), (n, most)| (t + n, m.max(most)));
     let seconds = start.elapsed().as_secs_f64();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let after = total(&args.pid, chat::bench::rss_kib);
     let per_conn = before.zip(after).map(|(b, a)| a.saturating_sub(b) as f64 * 1024.0 / held.max(1) as f64);
     let limit = chat::bench::open_file_limit();
+    // Filled: every session gets `fill` messages; with acks it holds at most its window.
+    let filled = if args.fill > 0 {
+        let accepted = chat::bench::fill(&nodes[0], &ids, args.fill, 16).context("filling the sessions")?;
+        // Deliveries go on after the last answer: wait until nothing more arrives for 3 s.
+        let (mut last, mut quiet) = (received(), std::time::Instant::now());
+        while quiet.elapsed() < std::time::Duration::from_secs(3) {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if received() != last {
+                (last, quiet) = (received(), std::time::Instant::now());
+            }
+        }
+        Some((accepted, total(&args.pid, chat::bench::rss_kib)))
+    } else {
+        None
+    };
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    let (received, most) = received();
+    let fill_growth = filled.and_then(|(_, rss)| after.zip(rss)).map(|(a, f)| f.saturating_sub(a));
     if args.json {
         println!(
             "{}",
             serde_json::json!({"scenario":"idle","sessions":held,"procs":procs,"seconds":seconds,
                 "logins_per_s": held as f64 / seconds, "server_rss_kib": after,
-                "server_bytes_per_session": per_conn, "client_open_file_limit": limit.map(|l| l.0)})
+                "server_bytes_per_session": per_conn, "client_open_file_limit": limit.map(|l| l.0),
+                "acks": args.acks, "fill": args.fill, "fill_accepted": filled.map(|f| f.0),
+                "received": received, "received_most": most, "fill_growth_kib": fill_growth})
         );
     } else {
         println!(
@@ -357,10 +410,13 @@ fn idle(args: &Args) -> anyhow::Result<()> {
             per_conn.map_or("?".into(), |b| format!("{b:.0}")),
             limit
         );
-    }
-    for mut child in children {
-        drop(child.stdin.take());
-        let _ = child.wait();
+        if let Some((accepted, _)) = filled {
+            println!(
+                "Filled: {accepted} of {} messages accepted; the sessions received {received} (at most {most} each); server RSS grew {} KiB more",
+                args.fill * ids.len(),
+                fill_growth.map_or("?".into(), |g| g.to_string())
+            );
+        }
     }
     Ok(())
 }
