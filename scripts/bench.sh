@@ -37,10 +37,15 @@ dir=$(mktemp -d /tmp/chat-bench.XXXXXX)
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    # What the faults of the integrity run started again.
-    for f in "$dir"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+    # What the faults of the integrity run started again: not our children, so not waited for.
+    local started=()
+    for f in "$dir"/*.pid; do [ -f "$f" ] && started+=("$(cat "$f")"); done
+    for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$dir"
+    for pid in "${started[@]}"; do
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    done
+    rm -rf "$dir" || echo "bench.sh: could not remove $dir" >&2
 }
 trap cleanup EXIT
 
