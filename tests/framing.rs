@@ -93,3 +93,23 @@ fn a_half_closed_client_still_gets_its_answers() {
     assert_eq!(c.recv()["msgid"], 2);
     assert!(c.try_recv(Duration::from_secs(5)).is_none(), "closed after answering");
 }
+
+/// Valid JSON with a number no field can take is a bad request (errno 4), not a broken stream:
+/// the connection stays open and its next request is served. An integer msgid out of range is
+/// an unknown msgid (errno 5).
+#[test]
+fn numbers_out_of_range_are_bad_requests_on_an_open_connection() {
+    let s = TestServer::start();
+    let (mut a, ida) = s.user("numbers");
+    let huge = "9".repeat(10_000);
+    a.send_raw(format!("{{\"msgid\":7,\"friendid\":{huge},\"seq\":1}}\n").as_bytes());
+    let r = a.recv();
+    assert_eq!((r["errno"].clone(), r["req"].clone(), r["seq"].clone()), (json!(4), json!(7), json!(1)), "{r}");
+    a.send_raw(b"{\"msgid\":6,\"toid\":1e400,\"msg\":\"x\",\"seq\":2}\n");
+    assert_eq!(a.recv()["errno"], 4);
+    a.send_raw(b"{\"msgid\":18446744073709551615,\"seq\":3}\n");
+    assert_eq!(a.recv()["errno"], 5);
+    a.chat_acked(ida, ida, "still open", 4);
+    assert_eq!(a.recv()["msg"], "still open");
+    bystanders_still_chat(&s, "numbers");
+}

@@ -89,9 +89,10 @@ fn a_slow_reader_is_cut_off_and_loses_nothing() {
     assert_eq!(got, (0..MESSAGES).collect::<Vec<_>>(), "{live} live, {stored} stored");
     // 3000 × 16 KB (48 MB) went through; the cut-off reader's queue was capped at 1 MiB. The
     // rest of the growth is the allocator and the store's buffers keeping what they once held,
-    // which varies run to run (up to about 19 MiB with 8 KB messages): a server that held the
-    // flood would pass 48 MB.
-    assert!(grown < 24 * 1024, "server grew by {grown} KiB during the flood");
+    // which varies run to run: 12–18 MiB on SQLite, 19–27 MiB on MariaDB (where it also rises
+    // with a longer flood: see the README's known limits). A server that held the flood would
+    // pass 48 MB.
+    assert!(grown < 32 * 1024, "server grew by {grown} KiB during the flood");
     eprintln!("slow reader: {live} live, {stored} stored; server RSS grew {grown} KiB");
 }
 

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -284,6 +285,9 @@ pub enum Parsed {
     Chat { msgid: MsgId, seq: Option<Value>, req: Request },
     /// Any other JSON value: for [`parse_envelope`] and [`parse_body`].
     General(Value),
+    /// Valid JSON that cannot be a request: a number beyond what any field takes (`1e400`,
+    /// an integer of 10,000 digits). Answered with errno 4; the stream is fine.
+    Refused(Rejection),
 }
 
 impl Parsed {
@@ -292,6 +296,7 @@ impl Parsed {
         match self {
             Parsed::Chat { .. } => true,
             Parsed::General(v) => matches!(v.get("msgid").and_then(Value::as_i64), Some(6 | 10)),
+            Parsed::Refused(r) => matches!(r.req, Some(6 | 10)),
         }
     }
 }
@@ -300,8 +305,30 @@ impl Parsed {
 pub fn parse(frame: &[u8], limits: Limits) -> Result<Parsed, serde_json::Error> {
     match fast_chat(frame, limits) {
         Some((msgid, seq, req)) => Ok(Parsed::Chat { msgid, seq, req }),
-        None => serde_json::from_slice(frame).map(Parsed::General),
+        None => match serde_json::from_slice(frame) {
+            Ok(value) => Ok(Parsed::General(value)),
+            // UTF-8, and a scan that does not convert numbers accepts it: valid JSON, out of range.
+            Err(_) if std::str::from_utf8(frame).is_ok_and(|t| serde_json::from_str::<IgnoredAny>(t).is_ok()) => {
+                Ok(Parsed::Refused(out_of_range(frame)))
+            }
+            Err(e) => Err(e),
+        },
     }
+}
+
+/// The answer to valid JSON holding a number out of range, with its msgid and `seq` when those
+/// are readable.
+fn out_of_range(frame: &[u8]) -> Rejection {
+    #[derive(Deserialize)]
+    struct Readable {
+        #[serde(default)]
+        msgid: Option<i64>,
+        #[serde(default)]
+        seq: Option<Value>,
+    }
+    let (req, seq) = serde_json::from_slice::<Readable>(frame).map_or((None, None), |r| (r.msgid, r.seq));
+    let seq = seq.filter(|v| v.is_i64() || v.is_u64() || v.as_str().is_some_and(|s| s.len() <= MAX_SEQ));
+    Rejection { req, seq, errno: Errno::BadRequest, errmsg: "bad request: a number is out of range".to_owned() }
 }
 
 /// A field that may be absent but, when present, must be a `T`: unlike `Option`, JSON `null`
@@ -380,7 +407,14 @@ pub fn parse_envelope(value: Value) -> Result<Envelope, Rejection> {
         return Err(reject(None, None, Errno::BadRequest, "bad request: not a JSON object"));
     };
     let msgid = match fields.get("msgid") {
-        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(msgid) => Some(msgid),
+            // An integer, but beyond any msgid: unknown, as 99 is.
+            None if n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+                return Err(reject(None, None, Errno::UnknownMsgId, Errno::UnknownMsgId.message()));
+            }
+            None => None,
+        },
         _ => None,
     };
     let Some(msgid) = msgid else {
@@ -673,6 +707,26 @@ mod tests {
         assert!(fast_chat(br#"[6,null,null,2,null,"hi"]"#, LIMITS).is_none());
     }
 
+    #[test]
+    fn valid_json_with_a_number_out_of_range_is_refused_not_broken() {
+        let huge = "9".repeat(10_000);
+        let frames = [
+            format!(r#"{{"msgid":7,"friendid":{huge},"seq":3}}"#),
+            r#"{"msgid":7,"friendid":1e400,"seq":3}"#.to_owned(),
+        ];
+        for frame in &frames {
+            let Ok(Parsed::Refused(r)) = super::parse(frame.as_bytes(), LIMITS) else {
+                panic!("not refused: {frame:.40}")
+            };
+            assert_eq!((r.req, r.seq, r.errno), (Some(7), Some(json!(3)), Errno::BadRequest));
+        }
+        // With the msgid itself out of range there is nothing to echo.
+        let Ok(Parsed::Refused(r)) = super::parse(br#"{"msgid":1e400,"seq":3}"#, LIMITS) else { panic!("not refused") };
+        assert_eq!((r.req, r.seq), (None, None));
+        assert!(super::parse(br#"{"msgid":1e400"#, LIMITS).is_err(), "not JSON at all");
+        assert!(super::parse(b"{\"a\":\"\xff\"}", LIMITS).is_err(), "not UTF-8");
+    }
+
     proptest::proptest! {
         // Most random objects miss the fast path; enough cases that many hit it.
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
@@ -714,6 +768,9 @@ mod tests {
         assert_eq!(errno(json!([1])), Errno::BadRequest);
         assert_eq!(errno(json!({"msgid":"6"})), Errno::BadRequest);
         assert_eq!(errno(json!({"msgid":99})), Errno::UnknownMsgId);
+        assert_eq!(errno(json!({"msgid":u64::MAX})), Errno::UnknownMsgId);
+        assert_eq!(errno(json!({"msgid":1e30})), Errno::UnknownMsgId);
+        assert_eq!(errno(json!({"msgid":6.5})), Errno::BadRequest);
         assert_eq!(errno(json!({"msgid":2})), Errno::UnknownMsgId);
         assert_eq!(errno(json!({"msgid":6,"toid":"2","msg":"x"})), Errno::BadRequest);
         assert_eq!(errno(json!({"msgid":6,"toid":0,"msg":"x"})), Errno::BadRequest);

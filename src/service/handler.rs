@@ -27,6 +27,10 @@ impl Service {
                     return;
                 }
             },
+            Parsed::Refused(rejection) => {
+                fx.replies.push(reply::rejection(&rejection));
+                return;
+            }
         };
         let fail = |fx: &mut Effects, errno: Errno, errmsg: &str| {
             fx.replies.push(reply::error(Some(msgid.code().into()), seq.as_ref(), errno, errmsg));
