@@ -358,6 +358,18 @@ impl Bus for RedisBus {
         Ok(owner.is_some_and(|o| o != self.node))
     }
 
+    fn online_elsewhere_all(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = users.iter().map(|&u| presence_key(u)).collect();
+        let owners: Vec<Option<String>> = self.with(|c| redis::cmd("MGET").arg(&keys).query(c))?;
+        if owners.len() != users.len() {
+            return Err(BusError::Protocol("a short MGET reply"));
+        }
+        Ok(owners.into_iter().map(|o| o.is_some_and(|o| o != self.node)).collect())
+    }
+
     /// Returns once this node's channel is subscribed: before that, other nodes would take
     /// this node for dead (`NUMSUB` 0) and take its users over.
     fn start(&self, inbox: Arc<dyn Inbox>) -> std::io::Result<()> {

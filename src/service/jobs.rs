@@ -299,16 +299,18 @@ impl Service {
                 return Ok(Err(Errno::AlreadyOnline));
             }
             let friends = self.store.friends(id)?;
-            let friends =
-                friends.iter().map(|(fid, name)| reply::friend_entry(*fid, name, self.is_online(*fid))).collect();
             let groups = self.store.user_groups(id)?;
+            let members = groups.iter().flat_map(|g| g.members.iter().map(|m| m.id));
+            let online = self.online_among(friends.iter().map(|(fid, _)| *fid).chain(members));
+            let friends =
+                friends.iter().map(|(fid, name)| reply::friend_entry(*fid, name, online.contains(fid))).collect();
             let groups = groups
                 .iter()
                 .map(|g| {
                     let users: Vec<String> = g
                         .members
                         .iter()
-                        .map(|m| reply::member_entry(m.id, &m.name, self.is_online(m.id), m.creator))
+                        .map(|m| reply::member_entry(m.id, &m.name, online.contains(&m.id), m.creator))
                         .collect();
                     reply::group_entry(g.id, &g.name, &g.desc, &users)
                 })
@@ -368,8 +370,22 @@ impl Service {
         Ok(())
     }
 
-    fn is_online(&self, user: UserId) -> bool {
-        self.presence.get(user).is_some() || self.bus.online_elsewhere(user).unwrap_or(false)
+    /// Which of `users` are online: here, or elsewhere by one question to the bus for all the
+    /// rest. A bus that cannot answer leaves them offline (a login does not fail for it).
+    fn online_among(&self, users: impl Iterator<Item = UserId>) -> std::collections::HashSet<UserId> {
+        let (mut online, mut asked) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        let mut ask = Vec::new();
+        for user in users {
+            if self.presence.get(user).is_some() {
+                online.insert(user);
+            } else if asked.insert(user) {
+                ask.push(user);
+            }
+        }
+        if let Ok(elsewhere) = self.bus.online_elsewhere_all(&ask) {
+            online.extend(ask.into_iter().zip(elsewhere).filter_map(|(user, on)| on.then_some(user)));
+        }
+        online
     }
 
     /// Delivers `msg` to `user` if it is live on this node or another; `false`: it is not, or
