@@ -14,6 +14,7 @@
 //!   publish Redis accepted may still be lost in a crash before it reaches the node.
 //! - A node that stored a message for a user live on another node publishes the user id alone
 //!   to that node's channel: the session there fetches its mailbox again (`poke`).
+//! - A login asks for the states of all its friends and group members in one `MGET`.
 //!
 //! Calls block and run on the pool; a dedicated subscriber thread hands what arrives to the node
 //! through [`Inbox`].
