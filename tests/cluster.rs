@@ -410,3 +410,77 @@ fn unreachable_dependencies_stop_the_start_clearly() {
         assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "it must not start serving");
     }
 }
+
+/// One connection pipelines chats to a user on other nodes (many on the bus at once) while that
+/// user hops between two nodes, logging out and in: each message arrives once, and in the order
+/// sent (invariant 1), and the sender's answers come back in request order.
+///
+/// Fails about one run in three (see the README's known limits): messages the old node received
+/// just after the session ended are stored by that node's mailbox lane, while the sender's node,
+/// finding the user offline a moment later, stores the next ones itself, and its write can
+/// commit first. Every message arrives once; the order across that boundary can break.
+#[test]
+#[ignore = "known race: a session's last routed messages can be overtaken in the mailbox"]
+fn pipelined_chats_to_a_user_moving_between_nodes_keep_their_order() {
+    const MESSAGES: u64 = 3000;
+    let cluster = Cluster::start(3);
+    let (a, ida) = cluster.user(0, "streamer");
+    let idb = Client::connect(cluster.addr(1)).register("mover", "pw");
+    let sender = thread::spawn(move || {
+        let mut a = a;
+        for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(100) {
+            let batch: String = chunk
+                .iter()
+                .map(|n| format!("{}\n", json!({"msgid":6,"id":ida,"toid":idb,"msg":n.to_string(),"seq":n})))
+                .collect();
+            a.send_raw(batch.as_bytes());
+            thread::sleep(Duration::from_millis(5));
+        }
+        for n in 0..MESSAGES {
+            let r = a.recv();
+            assert_eq!((r["seq"].as_u64(), r["errno"].as_u64()), (Some(n), Some(0)), "{r}");
+        }
+    });
+    let mut got: Vec<u64> = Vec::new();
+    let mut mids = HashSet::new();
+    let mut keep = |m: &serde_json::Value, got: &mut Vec<u64>| {
+        if m["msgid"] == 6 && mids.insert(m["mid"].as_u64().expect("a mid")) {
+            got.push(m["msg"].as_str().and_then(|s| s.parse().ok()).expect("a number"));
+        }
+    };
+    let mut hop = 0;
+    loop {
+        let done = sender.is_finished() && hop >= 4;
+        let mut b = Client::connect(cluster.addr(1 + hop % 2));
+        let ack = b.login_ok(idb, "pw");
+        decoded(&ack, "offlinemsg").iter().for_each(|m| keep(m, &mut got));
+        let t = Instant::now();
+        let stay = if done { Duration::from_secs(10) } else { Duration::from_millis(60) };
+        while t.elapsed() < stay && !(done && got.len() as u64 == MESSAGES) {
+            if let Some(m) = b.try_recv(Duration::from_millis(20)) {
+                keep(&m, &mut got);
+            }
+        }
+        if done {
+            break;
+        }
+        b.send(json!({"msgid":3,"seq":"bye"}));
+        loop {
+            let m = b.recv();
+            if m["seq"] == "bye" {
+                break;
+            }
+            keep(&m, &mut got);
+        }
+        hop += 1;
+    }
+    sender.join().unwrap();
+    assert!(hop >= 4, "the user moved: {hop} hops");
+    let misplaced = got.iter().enumerate().position(|(i, &n)| n != i as u64);
+    let around = misplaced.map(|i| &got[i.saturating_sub(3)..(i + 12).min(got.len())]);
+    assert!(
+        misplaced.is_none() && got.len() as u64 == MESSAGES,
+        "once each, in order, over {hop} hops: {} received, first out of place at {misplaced:?}: {around:?}",
+        got.len()
+    );
+}
