@@ -395,16 +395,23 @@ impl Bus for SlowBus {
     }
 }
 
-/// Chats for users on other nodes are on the bus many at once, their answers in request order;
-/// "nobody received it" stores a chat even when its sender reset meanwhile: it was accepted.
-#[test]
-fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
+/// A node whose bus answers routes only when told (`Event::Routed`): alice registered at `a`,
+/// bob logged in at `b`.
+fn bob_on_a_slow_bus() -> (Node, Arc<SlowBus>, Loc, UserId, Loc, UserId) {
     let bus = Arc::new(SlowBus::default());
     let mut n = Node::with_bus(bus.clone());
     let (a, b) = (n.connect(), n.connect());
     let alice = n.register(a, "alice");
     let bob = n.register(b, "bob");
     n.login(b, bob);
+    (n, bus, a, alice, b, bob)
+}
+
+/// Chats for users on other nodes are on the bus many at once, their answers in request order;
+/// "nobody received it" stores a chat even when its sender reset meanwhile: it was accepted.
+#[test]
+fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
+    let (mut n, bus, a, alice, b, _bob) = bob_on_a_slow_bus();
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"first","time":"t","seq":1}));
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"second","time":"t","seq":2}));
     n.settle(); // logged, then handed to the bus
@@ -424,12 +431,7 @@ fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
 /// at once, it could reach a user who just logged in before the stored one does.
 #[test]
 fn a_chat_sent_after_one_nobody_received_waits_until_that_one_is_stored() {
-    let bus = Arc::new(SlowBus::default());
-    let mut n = Node::with_bus(bus.clone());
-    let (a, b) = (n.connect(), n.connect());
-    let alice = n.register(a, "alice");
-    let bob = n.register(b, "bob");
-    n.login(b, bob);
+    let (mut n, bus, a, alice, b, bob) = bob_on_a_slow_bus();
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"first","time":"t","seq":1}));
     n.settle();
     n.handle(Event::Routed { from: b, result: Ok(false) }); // its store is queued on the pool
@@ -456,12 +458,7 @@ fn a_chat_sent_after_one_nobody_received_waits_until_that_one_is_stored() {
 /// the recipient's next login, and acknowledged (the message is durable in the log).
 #[test]
 fn a_routed_chat_is_answered_by_the_bus() {
-    let bus = Arc::new(SlowBus::default());
-    let mut n = Node::with_bus(bus.clone());
-    let (a, b) = (n.connect(), n.connect());
-    let alice = n.register(a, "alice");
-    let bob = n.register(b, "bob");
-    n.login(b, bob);
+    let (mut n, _bus, a, alice, b, _bob) = bob_on_a_slow_bus();
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"there","time":"t","seq":1}));
     n.settle();
     n.handle(Event::Routed { from: b, result: Ok(true) });
