@@ -92,13 +92,10 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn poke(&self, _user: UserId) -> Result<(), BusError> {
         Ok(())
     }
-    /// Whether `user` is online on another node (for friend and member states).
-    fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError>;
-    /// `online_elsewhere` for each of `users`, in order; a bus that does I/O answers in one
-    /// round trip (a login with 100 friends asks once, not 100 times).
-    fn online_elsewhere_all(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
-        users.iter().map(|&u| self.online_elsewhere(u)).collect()
-    }
+    /// Whether each of `users` is online on another node, in order (for friend and member
+    /// states); a bus that does I/O answers in one round trip (a login with 100 friends asks
+    /// once, not 100 times).
+    fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError>;
     /// Whether this node is the only one: then every change to the data passes through it, and
     /// it may cache what it read (group members) without hearing from other nodes.
     fn sole_node(&self) -> bool {
@@ -129,8 +126,8 @@ impl Bus for LocalBus {
         Ok(false)
     }
 
-    fn online_elsewhere(&self, _user: UserId) -> Result<bool, BusError> {
-        Ok(false)
+    fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
+        Ok(vec![false; users.len()])
     }
 
     fn sole_node(&self) -> bool {

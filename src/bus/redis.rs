@@ -354,12 +354,7 @@ impl Bus for RedisBus {
         Ok(())
     }
 
-    fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError> {
-        let owner: Option<String> = self.with(|c| redis::cmd("GET").arg(presence_key(user)).query(c))?;
-        Ok(owner.is_some_and(|o| o != self.node))
-    }
-
-    fn online_elsewhere_all(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
+    fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }

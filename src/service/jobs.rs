@@ -382,7 +382,7 @@ impl Service {
                 ask.push(user);
             }
         }
-        if let Ok(elsewhere) = self.bus.online_elsewhere_all(&ask) {
+        if let Ok(elsewhere) = self.bus.online_elsewhere(&ask) {
             online.extend(ask.into_iter().zip(elsewhere).filter_map(|(user, on)| on.then_some(user)));
         }
         online

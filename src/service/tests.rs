@@ -390,8 +390,8 @@ impl Bus for SlowBus {
         Routing::Queued
     }
 
-    fn online_elsewhere(&self, _user: UserId) -> Result<bool, BusError> {
-        Ok(false)
+    fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
+        Ok(vec![false; users.len()])
     }
 }
 
