@@ -118,6 +118,17 @@ impl Inbox for NodeInbox {
         }
     }
 
+    fn deliver_many(&self, users: &[UserId], msg: Arc<str>) {
+        for &user in users {
+            let delivered = self.service.presence().with(user, |to| {
+                self.router.deliver(Delivery { to, user, msg: msg.clone() });
+            });
+            if delivered.is_none() {
+                self.service.spill(user, vec![msg.clone()], self.router.clone());
+            }
+        }
+    }
+
     fn local_users(&self) -> Vec<UserId> {
         self.service.presence().users()
     }

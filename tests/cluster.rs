@@ -85,6 +85,51 @@ fn cross_node_chat_groups_offline_and_order() {
     assert_eq!(got, (0..300).map(|n| n.to_string()).collect::<Vec<_>>());
 }
 
+/// A join on one node is in effect for the very next group message sent on another, although
+/// that node holds the group's members in memory: each newcomer joins on node 0, and the
+/// message sent on node 1 right after its join's answer reaches it. A member who logged out
+/// finds the messages in its login ack.
+#[test]
+fn a_join_on_one_node_is_in_effect_for_the_next_message_sent_on_another() {
+    let cluster = Cluster::start(2);
+    let (mut owner, _) = cluster.user(0, "owner");
+    let (mut sender, _) = cluster.user(1, "sender");
+    let gid = owner.request(json!({"msgid":8,"groupname":"growing","seq":1}))["groupid"].clone();
+    assert_eq!(sender.request(json!({"msgid":9,"groupid":gid,"seq":2}))["errno"], 0);
+    let (mut away, id_away) = cluster.user(1, "away");
+    assert_eq!(away.request(json!({"msgid":9,"groupid":gid,"seq":3}))["errno"], 0);
+    away.logout();
+    let mut newcomers = Vec::new();
+    for n in 0..12 {
+        // Node 1 sends to the group first: it holds the members as they are now.
+        let warm = sender.request(json!({"msgid":10,"groupid":gid,"msg":format!("before {n}"),"seq":n}));
+        assert_eq!(warm["errno"], 0, "{warm}");
+        assert_eq!(owner.recv()["msg"], format!("before {n}"));
+        for c in &mut newcomers {
+            let c: &mut Client = c;
+            assert_eq!(c.recv()["msg"], format!("before {n}"));
+        }
+        let (mut c, _) = cluster.user(0, &format!("newcomer{n}"));
+        assert_eq!(c.request(json!({"msgid":9,"groupid":gid,"seq":1}))["errno"], 0);
+        let sent = sender.request(json!({"msgid":10,"groupid":gid,"msg":format!("welcome {n}"),"seq":n}));
+        assert_eq!(sent["errno"], 0, "{sent}");
+        let got = c.recv();
+        assert_eq!(got["msg"], format!("welcome {n}"), "newcomer {n}: {got}");
+        assert_eq!(owner.recv()["msg"], format!("welcome {n}"));
+        for c in &mut newcomers {
+            let c: &mut Client = c;
+            assert_eq!(c.recv()["msg"], format!("welcome {n}"));
+        }
+        newcomers.push(c);
+    }
+    let mut away = Client::connect(cluster.addr(0));
+    let ack = away.login_ok(id_away, "pw");
+    let stored: Vec<_> =
+        decoded(&ack, "offlinemsg").iter().map(|m| m["msg"].as_str().unwrap_or("").to_owned()).collect();
+    let expected: Vec<_> = (0..12).flat_map(|n| [format!("before {n}"), format!("welcome {n}")]).collect();
+    assert_eq!(stored, expected);
+}
+
 /// Bob hops between two nodes while four users on a third stream messages to him. A message
 /// that reaches the node he just left is stored there, possibly after his new session took its
 /// mailbox: that node tells his new node to fetch it again. So every message acknowledged

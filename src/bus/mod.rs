@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::net::Loc;
-use crate::UserId;
+use crate::{GroupId, UserId};
 
 mod redis;
 
@@ -17,6 +17,12 @@ pub use self::redis::RedisBus;
 pub trait Inbox: Send + Sync + std::fmt::Debug {
     /// A message (newline included) for a user who should be live on this node.
     fn deliver(&self, user: UserId, msg: Arc<str>);
+    /// A group message for members who should be live on this node.
+    fn deliver_many(&self, users: &[UserId], msg: Arc<str>) {
+        for &user in users {
+            self.deliver(user, msg.clone());
+        }
+    }
     /// The users live on this node, to claim again after the bus was lost.
     fn local_users(&self) -> Vec<UserId>;
     /// Ends a user's session here: another node holds its presence.
@@ -65,6 +71,17 @@ pub enum Routing {
     Queued,
 }
 
+/// What became of a group message handed to [`Bus::route_group`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum GroupRouting {
+    /// The group's members changed since the version given (it is `current` now): nothing was
+    /// sent; read the members again.
+    Stale { current: u64 },
+    /// Published once to each node where some of the members are live. `missed`: those no node
+    /// took it for (not online, in a session with acks, or on a node that is gone): store it.
+    Routed { missed: Vec<UserId> },
+}
+
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Claims cluster-wide presence for `user`, logging in on this node. `false`: live elsewhere.
     /// `acks`: whether the session acknowledges deliveries (`None`: as the claim said before).
@@ -96,6 +113,20 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// states); a bus that does I/O answers in one round trip (a login with 100 friends asks
     /// once, not 100 times).
     fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError>;
+    /// The version of `group`'s member list, cluster-wide: read it before reading the members
+    /// from the store, and hand it to `route_group` with them.
+    fn group_version(&self, _group: GroupId) -> Result<u64, BusError> {
+        Ok(0)
+    }
+    /// Gives `group` a new version, after a change to its members is in the store: from now
+    /// on, no node sends to it with the members it read before.
+    fn group_changed(&self, _group: GroupId) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// Delivers an encoded group message to those of `users` (members of `group`, read under
+    /// `version`) live on other nodes: one publish per node, whatever the number of members
+    /// there. Unless the version is stale, the message is sent at all only then.
+    fn route_group(&self, group: GroupId, version: u64, users: &[UserId], msg: &str) -> Result<GroupRouting, BusError>;
     /// Whether this node is the only one: then every change to the data passes through it, and
     /// it may cache what it read (group members) without hearing from other nodes.
     fn sole_node(&self) -> bool {
@@ -128,6 +159,16 @@ impl Bus for LocalBus {
 
     fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
         Ok(vec![false; users.len()])
+    }
+
+    fn route_group(
+        &self,
+        _group: GroupId,
+        _version: u64,
+        users: &[UserId],
+        _msg: &str,
+    ) -> Result<GroupRouting, BusError> {
+        Ok(GroupRouting::Routed { missed: users.to_vec() })
     }
 
     fn sole_node(&self) -> bool {

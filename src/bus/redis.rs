@@ -15,6 +15,11 @@
 //! - A node that stored a message for a user live on another node publishes the user id alone
 //!   to that node's channel: the session there fetches its mailbox again (`poke`).
 //! - A login asks for the states of all its friends and group members in one `MGET`.
+//! - `group:{id}` holds the version of a group's member list: a random number set by the node
+//!   that changed the members (none: 0, so a Redis that lost it invalidates every cached list).
+//!   A group message is one script call: it checks the version its sender read the members
+//!   under, then publishes once per node where members are live, `*{user},{user},… {message}`,
+//!   and returns who was missed (offline, acks session, dead node), for the sender to store.
 //!
 //! Calls block and run on the pool; a dedicated subscriber thread hands what arrives to the node
 //! through [`Inbox`].
@@ -27,9 +32,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Script};
 
-use super::{Bus, BusError, Inbox, Routing};
+use super::{Bus, BusError, GroupRouting, Inbox, Routing};
 use crate::net::Loc;
-use crate::UserId;
+use crate::{GroupId, UserId};
 
 /// Connect, read and write timeout: a dead Redis turns into errno 10, not a hang.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,6 +77,32 @@ for i = 1, #ARGV / 2 do
   out[i] = n
 end
 return out";
+/// KEYS: the group's version, then online and acks of each user. ARGV: the version the
+/// members were read under, the message, the users. Returns 'stale' and the version, or 'ok'
+/// and the users missed.
+const GROUP: &str = r"
+local version = redis.call('GET', KEYS[1]) or '0'
+if version ~= ARGV[1] then return {'stale', version} end
+local out, by_owner, owners = {'ok'}, {}, {}
+for i = 1, #ARGV - 2 do
+  local owner = redis.call('GET', KEYS[2 * i])
+  if owner and redis.call('EXISTS', KEYS[2 * i + 1]) == 0 then
+    local list = by_owner[owner]
+    if not list then list = {}; by_owner[owner] = list; owners[#owners + 1] = owner end
+    list[#list + 1] = i
+  else out[#out + 1] = ARGV[i + 2] end
+end
+for _, owner in ipairs(owners) do
+  local list, ids = by_owner[owner], {}
+  for j, i in ipairs(list) do ids[j] = ARGV[i + 2] end
+  if redis.call('PUBLISH', 'node:' .. owner, '*' .. table.concat(ids, ',') .. ' ' .. ARGV[2]) == 0 then
+    for _, i in ipairs(list) do
+      out[#out + 1] = ARGV[i + 2]
+      if redis.call('GET', KEYS[2 * i]) == owner then redis.call('DEL', KEYS[2 * i]) end
+    end
+  end
+end
+return out";
 /// A node channel's payload is `{user} {message}`, or `{user}` alone: fetch the mailbox.
 const POKE: &str = r"
 local owner = redis.call('GET', KEYS[1])
@@ -80,6 +111,10 @@ return 0";
 
 fn presence_key(user: UserId) -> String {
     format!("online:{user}")
+}
+
+fn group_key(group: GroupId) -> String {
+    format!("group:{group}")
 }
 
 fn acks_key(user: UserId) -> String {
@@ -99,7 +134,7 @@ pub struct RedisBus {
     node: String,
     /// Idle command connections, reused across pool threads.
     idle: Mutex<Vec<Connection>>,
-    scripts: [Script; 5],
+    scripts: [Script; 6],
     stop: Arc<AtomicBool>,
     subscriber: Mutex<Option<JoinHandle<()>>>,
     /// Routes queued for the publisher thread, which pipelines them.
@@ -264,6 +299,7 @@ impl RedisBus {
                 Script::new(RELEASE),
                 Script::new(ROUTE),
                 Script::new(POKE),
+                Script::new(GROUP),
             ],
             stop: Arc::new(AtomicBool::new(false)),
             subscriber: Mutex::new(None),
@@ -352,6 +388,42 @@ impl Bus for RedisBus {
         let key = presence_key(user);
         self.with(|c| self.scripts[4].key(&key).arg(&self.node).arg(user).invoke::<i64>(c))?;
         Ok(())
+    }
+
+    fn group_version(&self, group: GroupId) -> Result<u64, BusError> {
+        let version: Option<String> = self.with(|c| redis::cmd("GET").arg(group_key(group)).query(c))?;
+        version.map_or(Ok(0), |v| v.parse().map_err(|_| BusError::Protocol("a group version that is no number")))
+    }
+
+    fn group_changed(&self, group: GroupId) -> Result<(), BusError> {
+        let mut bytes = [0; 8];
+        getrandom::getrandom(&mut bytes).map_err(|_| BusError::Protocol("no random numbers for a group version"))?;
+        // Never 0, the version of a group Redis has no key for.
+        let version = u64::from_le_bytes(bytes).max(1);
+        self.with(|c| redis::cmd("SET").arg(group_key(group)).arg(version).query::<()>(c))
+    }
+
+    fn route_group(&self, group: GroupId, version: u64, users: &[UserId], msg: &str) -> Result<GroupRouting, BusError> {
+        let reply: Vec<String> = self.with(|c| {
+            let mut call = self.scripts[5].prepare_invoke();
+            call.key(group_key(group)).arg(version).arg(msg);
+            for &user in users {
+                call.key(presence_key(user)).key(acks_key(user)).arg(user);
+            }
+            call.invoke(c)
+        })?;
+        match reply.split_first() {
+            Some((status, rest)) if status == "ok" => {
+                let missed: Result<Vec<UserId>, _> = rest.iter().map(|u| u.parse()).collect();
+                Ok(GroupRouting::Routed {
+                    missed: missed.map_err(|_| BusError::Protocol("a missed member that is no user id"))?,
+                })
+            }
+            Some((status, [current])) if status == "stale" => Ok(GroupRouting::Stale {
+                current: current.parse().map_err(|_| BusError::Protocol("a group version that is no number"))?,
+            }),
+            _ => Err(BusError::Protocol("an unknown group route reply")),
+        }
     }
 
     fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
@@ -462,6 +534,17 @@ fn subscribe(
         };
         let payload: Vec<u8> = msg.get_payload()?;
         let text = String::from_utf8_lossy(&payload);
+        if let Some(group_msg) = text.strip_prefix('*') {
+            let parsed = group_msg.split_once(' ').and_then(|(users, m)| {
+                let users: Result<Vec<UserId>, _> = users.split(',').map(str::parse).collect();
+                users.ok().map(|users| (users, m))
+            });
+            match parsed {
+                Some((users, m)) => inbox.deliver_many(&users, Arc::from(m)),
+                None => log::warn!("redis bus: malformed group message on node:{node}"),
+            }
+            continue;
+        }
         let (user, m) = text.split_once(' ').map_or((&*text, None), |(u, m)| (u, Some(m)));
         match (user.parse::<UserId>(), m) {
             (Ok(user), Some(m)) => inbox.deliver(user, Arc::from(m)),

@@ -162,7 +162,10 @@ impl Service {
     /// does; pipelined messages then reach each member in one write. Otherwise (`false`) the
     /// pool reads the members, routes to other nodes and stores for offline members.
     fn deliver_to_group_here(&self, me: UserId, group: GroupId, msg: &Arc<str>, fx: &mut Effects) -> bool {
-        let Some(members) = self.groups.as_ref().and_then(|g| g.members(group)) else { return false };
+        if !self.bus.sole_node() {
+            return false; // the bus confirms the member list first (see `Service::send_to_group`)
+        }
+        let Some(members) = self.groups.members(group).map(|m| m.users) else { return false };
         if !members.contains(&me) {
             return false; // the pool gives the error
         }

@@ -4,16 +4,20 @@
 use std::sync::Arc;
 
 use super::{Delivery, Effect, Job, JobKind, Loc, Outcome, Outlet, Service};
+use crate::bus::{BusError, GroupRouting};
 use crate::proto::message::Target;
 use crate::proto::reply::{self, LoginData};
 use crate::proto::{Errno, MsgId};
 use crate::store::{Conversation, Mid, StoreResult};
-use crate::UserId;
+use crate::{GroupId, UserId};
 
 /// Most messages one login ack (or one drain) takes from a mailbox; the rest follow in slices.
 pub(crate) const SLICE_MESSAGES: usize = 1000;
 /// Most bytes of messages one slice takes (a single larger message still goes, alone).
 pub(crate) const SLICE_BYTES: usize = 1024 * 1024;
+
+/// Most times a group message reads its members again because they changed meanwhile.
+const GROUP_READS: usize = 3;
 
 /// A dependency failed; the request is answered with errno 10 and the cause logged once, with
 /// the job it stopped.
@@ -22,7 +26,7 @@ enum Unavailable {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
-    Bus(#[from] crate::bus::BusError),
+    Bus(#[from] BusError),
     #[error(transparent)]
     Hash(#[from] super::HashError),
 }
@@ -165,33 +169,22 @@ impl Service {
                 JobKind::CreateGroup { me, name, desc } => ok(Some(self.store.create_group(me, &name, &desc)?)),
                 JobKind::AddGroup { me, groupid } => match self.store.join_group(groupid, me)? {
                     true => {
-                        if let Some(cache) = &self.groups {
-                            cache.invalidate(groupid);
-                        }
+                        self.groups.invalidate(groupid);
+                        // Before the answer: the next message sent to the group, on any node,
+                        // reaches the new member. Should the bus fail, errno 10 asks for a
+                        // retry, and other nodes read the members again within a while.
+                        self.bus.group_changed(groupid)?;
                         ok(None)
                     }
                     false => error(Errno::NoSuchGroup, Errno::NoSuchGroup.message()),
                 },
                 JobKind::GroupChat { me, groupid, msg, .. } => {
-                    let generation = self.groups.as_ref().map(|g| g.generation());
-                    let Some(members) = self.store.group_members(groupid)? else {
-                        return refuse(Errno::NoSuchGroup);
+                    let full = match self.send_to_group(me, groupid, &msg, outlet)? {
+                        Ok(full) => full,
+                        Err(errno) => return refuse(errno),
                     };
-                    if let (Some(cache), Some(generation)) = (&self.groups, generation) {
-                        cache.fill(groupid, &members, generation);
-                    }
-                    if !members.contains(&me) {
-                        return refuse(Errno::NotMember);
-                    }
-                    let mut full = Vec::new();
-                    for member in members.into_iter().filter(|&m| m != me) {
-                        if !(self.deliver_live(member, &msg, outlet)? || self.store_offline(member, &msg, outlet)?) {
-                            full.push(member);
-                        }
-                    }
-                    // Members are served one after the other: a sender's group messages reach
-                    // each member in order, as one-to-one messages do. Members whose mailbox is
-                    // full are named in the answer (the message is in the group's history).
+                    // Members whose mailbox is full are named in the answer (the message is in
+                    // the group's history).
                     match (full.is_empty(), &seq, mid) {
                         (false, Some(seq), Some(mid)) => Outcome {
                             reply: Some(reply::group_sent_but_full(seq, mid, dup, &full)),
@@ -397,6 +390,63 @@ impl Service {
             Some(None) => Ok(false), // a session with acks here: stored first
             None => Ok(self.bus.route(user, msg)?),
         }
+    }
+
+    /// Sends a logged group message to every other member of `group`: once to each other node
+    /// where members are live (the bus), directly to those live here, into the mailbox of the
+    /// rest. The members come from the cache, read again if the bus says they changed.
+    /// `Ok(Err)`: no such group, or `me` is no member. `Ok(Ok)`: the members whose mailbox was
+    /// full. Members are served one message after the other (a sender's group messages are
+    /// one job at a time): each gets a sender's messages in order, as one-to-one messages.
+    fn send_to_group(
+        &self,
+        me: UserId,
+        group: GroupId,
+        msg: &Arc<str>,
+        outlet: &dyn Outlet,
+    ) -> Result<Result<Vec<UserId>, Errno>, Unavailable> {
+        let mut known = self.groups.members(group);
+        let mut told = None; // the current version, as the bus answered a stale one
+        for _ in 0..GROUP_READS {
+            let members = match known.take() {
+                Some(m) => m,
+                None => {
+                    let generation = self.groups.generation();
+                    let version = match told.take() {
+                        Some(v) => v,
+                        None => self.bus.group_version(group)?,
+                    };
+                    let Some(users) = self.store.group_members(group)? else { return Ok(Err(Errno::NoSuchGroup)) };
+                    self.groups.fill(group, &users, version, generation)
+                }
+            };
+            if !members.users.contains(&me) {
+                return Ok(Err(Errno::NotMember));
+            }
+            let (here, elsewhere): (Vec<UserId>, Vec<UserId>) =
+                members.users.iter().copied().filter(|&m| m != me).partition(|&m| self.presence.session(m).is_some());
+            let missed = match self.bus.route_group(group, members.version, &elsewhere, msg)? {
+                GroupRouting::Routed { missed } => missed,
+                GroupRouting::Stale { current } => {
+                    self.groups.invalidate(group);
+                    told = Some(current);
+                    continue;
+                }
+            };
+            let mut full = Vec::new();
+            for member in here {
+                if !(self.deliver_live(member, msg, outlet)? || self.store_offline(member, msg, outlet)?) {
+                    full.push(member);
+                }
+            }
+            for member in missed {
+                if !self.store_offline(member, msg, outlet)? {
+                    full.push(member);
+                }
+            }
+            return Ok(Ok(full));
+        }
+        Err(BusError::Protocol("a group whose members change faster than it can be read").into())
     }
 
     /// Stores `msg` in `user`'s mailbox, in order with every other write to it. `false`: full.

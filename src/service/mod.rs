@@ -43,6 +43,10 @@ use crate::proto::MsgId;
 use crate::store::{Mid, NewMessage, Store};
 use crate::{GroupId, UserId};
 
+/// How long a node of a cluster trusts a group's cached members without reading them again: a
+/// bound on staleness should a change never have reached the bus (every change does, normally).
+const GROUP_MAX_AGE: Duration = Duration::from_secs(10);
+
 /// Shared by every reactor and pool thread of a node.
 #[derive(Debug)]
 pub(crate) struct Service {
@@ -50,8 +54,8 @@ pub(crate) struct Service {
     bus: Arc<dyn Bus>,
     presence: Arc<Presence>,
     mailboxes: mailbox::Mailboxes,
-    /// Group members in memory; only on a sole node (see `groups.rs`).
-    groups: Option<groups::GroupCache>,
+    /// Group members in memory (see `groups.rs`).
+    groups: groups::GroupCache,
     hasher: Hasher,
     limits: Limits,
     mailbox_cap: usize,
@@ -256,7 +260,7 @@ impl Service {
         Ok(Service {
             mailboxes,
             store,
-            groups: bus.sole_node().then(groups::GroupCache::default),
+            groups: groups::GroupCache::new((!bus.sole_node()).then_some(GROUP_MAX_AGE)),
             bus,
             presence,
             hasher: Hasher::new(config.hash).map_err(std::io::Error::other)?,

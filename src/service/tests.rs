@@ -11,14 +11,14 @@ use serde_json::{json, Value};
 use super::message_log::Accepted;
 use super::session::Out;
 use super::{ChatHandler, Delivery, Event, LogHandle, Service};
-use crate::bus::{Bus, BusError, LocalBus, Routing};
+use crate::bus::{Bus, BusError, GroupRouting, LocalBus, Routing};
 use crate::config::{Config, HashCost};
 use crate::net::{Handler, Io, Loc, Msg, ReactorSeed, Router};
 use crate::pool::{PoolHandle, Task};
 use crate::proto::codec::FrameError;
 use crate::proto::time::Clock;
 use crate::store::{MemoryStore, Store};
-use crate::UserId;
+use crate::{GroupId, UserId};
 
 /// One connection as the fake transport sees it.
 #[derive(Debug, Default)]
@@ -388,6 +388,16 @@ impl Bus for SlowBus {
     fn route_async(&self, user: UserId, _msg: Arc<str>, from: Loc, _epoch: u32) -> Routing {
         self.routes.lock().push((user, from));
         Routing::Queued
+    }
+
+    fn route_group(
+        &self,
+        _group: GroupId,
+        _version: u64,
+        users: &[UserId],
+        _msg: &str,
+    ) -> Result<GroupRouting, BusError> {
+        Ok(GroupRouting::Routed { missed: users.to_vec() })
     }
 
     fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
