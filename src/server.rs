@@ -119,13 +119,19 @@ impl Inbox for NodeInbox {
     }
 
     fn deliver_many(&self, users: &[UserId], msg: Arc<str>) {
-        for &user in users {
-            let delivered = self.service.presence().with(user, |to| {
-                self.router.deliver(Delivery { to, user, msg: msg.clone() });
-            });
-            if delivered.is_none() {
-                self.service.spill(user, vec![msg.clone()], self.router.clone());
+        let gone: Vec<UserId> = self.service.presence().with_all(|at| {
+            let (mut live, mut gone) = (Vec::new(), Vec::new());
+            for &user in users {
+                match at(user) {
+                    Some((to, _)) => live.push(Delivery { to, user, msg: msg.clone() }),
+                    None => gone.push(user),
+                }
             }
+            self.router.deliver_many(live); // one hand-over per reactor, under the locks
+            gone
+        });
+        for user in gone {
+            self.service.spill(user, vec![msg.clone()], self.router.clone());
         }
     }
 

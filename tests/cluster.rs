@@ -130,6 +130,66 @@ fn a_join_on_one_node_is_in_effect_for_the_next_message_sent_on_another() {
     assert_eq!(stored, expected);
 }
 
+/// A sender streams group messages without waiting (they go out many at a time) while users
+/// join on the other node: every member gets them once and in order, a member who joined
+/// meanwhile gets an unbroken tail of them, and one logged out finds all of them stored.
+#[test]
+fn streamed_group_messages_keep_their_order_while_members_join() {
+    const MESSAGES: usize = 400;
+    let cluster = Cluster::start(2);
+    let (mut sender, _) = cluster.user(1, "streamer");
+    let gid = sender.request(json!({"msgid":8,"groupname":"stream","seq":1}))["groupid"].clone();
+    let mut members: Vec<Client> = (0..4)
+        .map(|i| {
+            let (mut c, _) = cluster.user(i % 2, &format!("member{i}"));
+            assert_eq!(c.request(json!({"msgid":9,"groupid":gid,"seq":1}))["errno"], 0);
+            c
+        })
+        .collect();
+    let (mut away, id_away) = cluster.user(0, "away");
+    assert_eq!(away.request(json!({"msgid":9,"groupid":gid,"seq":1}))["errno"], 0);
+    away.logout();
+    let batch: String =
+        (0..MESSAGES).map(|n| format!("{}\n", json!({"msgid":10,"groupid":gid,"msg":n.to_string(),"seq":n}))).collect();
+    sender.send_raw(batch.as_bytes());
+    let joiners: Vec<Client> = (0..3)
+        .map(|i| {
+            let (mut c, _) = cluster.user(0, &format!("joiner{i}"));
+            assert_eq!(c.request(json!({"msgid":9,"groupid":gid,"seq":1}))["errno"], 0);
+            c
+        })
+        .collect();
+    for n in 0..MESSAGES {
+        let r = sender.recv();
+        assert_eq!((r["seq"].as_u64(), r["errno"].as_u64()), (Some(n as u64), Some(0)), "{r}");
+    }
+    let numbers = |c: &mut Client, until_last: bool| -> Vec<usize> {
+        let mut got = Vec::new();
+        while let Some(m) = c.try_recv(Duration::from_millis(if until_last { 5000 } else { 300 })) {
+            got.push(m["msg"].as_str().and_then(|s| s.parse().ok()).expect("a number"));
+            if got.last() == Some(&(MESSAGES - 1)) {
+                break;
+            }
+        }
+        got
+    };
+    for (i, c) in members.iter_mut().enumerate() {
+        assert_eq!(numbers(c, true), (0..MESSAGES).collect::<Vec<_>>(), "member {i}");
+    }
+    for (i, mut c) in joiners.into_iter().enumerate() {
+        let got = numbers(&mut c, false);
+        let first = got.first().copied().unwrap_or(MESSAGES);
+        assert_eq!(got, (first..MESSAGES).collect::<Vec<_>>(), "joiner {i}: an unbroken tail");
+    }
+    let mut away = Client::connect(cluster.addr(1));
+    let ack = away.login_ok(id_away, "pw");
+    let stored: Vec<usize> = decoded(&ack, "offlinemsg")
+        .iter()
+        .map(|m| m["msg"].as_str().and_then(|s| s.parse().ok()).expect("a number"))
+        .collect();
+    assert_eq!(stored, (0..MESSAGES).collect::<Vec<_>>());
+}
+
 /// Bob hops between two nodes while four users on a third stream messages to him. A message
 /// that reaches the node he just left is stored there, possibly after his new session took its
 /// mailbox: that node tells his new node to fetch it again. So every message acknowledged

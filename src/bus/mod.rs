@@ -71,7 +71,17 @@ pub enum Routing {
     Queued,
 }
 
-/// What became of a group message handed to [`Bus::route_group`].
+/// A group message for [`Bus::route_groups`]: for those of `users` (members of `group`, read
+/// under `version`) live on other nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSend<'a> {
+    pub group: GroupId,
+    pub version: u64,
+    pub users: &'a [UserId],
+    pub msg: &'a str,
+}
+
+/// What became of a group message handed to [`Bus::route_groups`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum GroupRouting {
     /// The group's members changed since the version given (it is `current` now): nothing was
@@ -114,7 +124,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// once, not 100 times).
     fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError>;
     /// The version of `group`'s member list, cluster-wide: read it before reading the members
-    /// from the store, and hand it to `route_group` with them.
+    /// from the store, and hand it to `route_groups` with them.
     fn group_version(&self, _group: GroupId) -> Result<u64, BusError> {
         Ok(0)
     }
@@ -123,10 +133,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn group_changed(&self, _group: GroupId) -> Result<(), BusError> {
         Ok(())
     }
-    /// Delivers an encoded group message to those of `users` (members of `group`, read under
-    /// `version`) live on other nodes: one publish per node, whatever the number of members
-    /// there. Unless the version is stale, the message is sent at all only then.
-    fn route_group(&self, group: GroupId, version: u64, users: &[UserId], msg: &str) -> Result<GroupRouting, BusError>;
+    /// Delivers encoded group messages, in order, each to its users live on other nodes: one
+    /// publish per message and node, whatever the number of members there. Answers one
+    /// routing per message, up to and including the first whose version is stale: that one
+    /// and those after it are not sent (and not answered).
+    fn route_groups(&self, sends: &[GroupSend<'_>]) -> Result<Vec<GroupRouting>, BusError>;
     /// Whether this node is the only one: then every change to the data passes through it, and
     /// it may cache what it read (group members) without hearing from other nodes.
     fn sole_node(&self) -> bool {
@@ -161,14 +172,8 @@ impl Bus for LocalBus {
         Ok(vec![false; users.len()])
     }
 
-    fn route_group(
-        &self,
-        _group: GroupId,
-        _version: u64,
-        users: &[UserId],
-        _msg: &str,
-    ) -> Result<GroupRouting, BusError> {
-        Ok(GroupRouting::Routed { missed: users.to_vec() })
+    fn route_groups(&self, sends: &[GroupSend<'_>]) -> Result<Vec<GroupRouting>, BusError> {
+        Ok(sends.iter().map(|s| GroupRouting::Routed { missed: s.users.to_vec() }).collect())
     }
 
     fn sole_node(&self) -> bool {

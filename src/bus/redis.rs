@@ -17,9 +17,10 @@
 //! - A login asks for the states of all its friends and group members in one `MGET`.
 //! - `group:{id}` holds the version of a group's member list: a random number set by the node
 //!   that changed the members (none: 0, so a Redis that lost it invalidates every cached list).
-//!   A group message is one script call: it checks the version its sender read the members
-//!   under, then publishes once per node where members are live, `*{user},{user},… {message}`,
-//!   and returns who was missed (offline, acks session, dead node), for the sender to store.
+//!   Group messages go many to a script call: for each, in order, it checks the version its
+//!   sender read the members under, publishes once per node where members are live,
+//!   `*{user},{user},… {message}`, and returns who was missed (offline, acks session, dead
+//!   node), for the sender to store.
 //!
 //! Calls block and run on the pool; a dedicated subscriber thread hands what arrives to the node
 //! through [`Inbox`].
@@ -32,7 +33,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Script};
 
-use super::{Bus, BusError, GroupRouting, Inbox, Routing};
+use super::{Bus, BusError, GroupRouting, GroupSend, Inbox, Routing};
 use crate::net::Loc;
 use crate::{GroupId, UserId};
 
@@ -77,30 +78,37 @@ for i = 1, #ARGV / 2 do
   out[i] = n
 end
 return out";
-/// KEYS: the group's version, then online and acks of each user. ARGV: the version the
-/// members were read under, the message, the users. Returns 'stale' and the version, or 'ok'
-/// and the users missed.
-const GROUP: &str = r"
-local version = redis.call('GET', KEYS[1]) or '0'
-if version ~= ARGV[1] then return {'stale', version} end
-local out, by_owner, owners = {'ok'}, {}, {}
-for i = 1, #ARGV - 2 do
-  local owner = redis.call('GET', KEYS[2 * i])
-  if owner and redis.call('EXISTS', KEYS[2 * i + 1]) == 0 then
-    local list = by_owner[owner]
-    if not list then list = {}; by_owner[owner] = list; owners[#owners + 1] = owner end
-    list[#list + 1] = i
-  else out[#out + 1] = ARGV[i + 2] end
-end
-for _, owner in ipairs(owners) do
-  local list, ids = by_owner[owner], {}
-  for j, i in ipairs(list) do ids[j] = ARGV[i + 2] end
-  if redis.call('PUBLISH', 'node:' .. owner, '*' .. table.concat(ids, ',') .. ' ' .. ARGV[2]) == 0 then
-    for _, i in ipairs(list) do
-      out[#out + 1] = ARGV[i + 2]
-      if redis.call('GET', KEYS[2 * i]) == owner then redis.call('DEL', KEYS[2 * i]) end
+/// KEYS: per message, its group's version, then online and acks of each user. ARGV: per
+/// message, the version the members were read under, the message, the number of users and
+/// the users. Returns per message sent the users missed, comma-separated; at the first stale
+/// version, 'stale:' and the version, and nothing after it is sent.
+const GROUPS: &str = r"
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local version = redis.call('GET', KEYS[k]) or '0'
+  if version ~= ARGV[a] then out[#out + 1] = 'stale:' .. version; return out end
+  local msg, n = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local missed, by_owner, owners = {}, {}, {}
+  for i = 1, n do
+    local owner = redis.call('GET', KEYS[k + 2 * i - 1])
+    if owner and redis.call('EXISTS', KEYS[k + 2 * i]) == 0 then
+      local list = by_owner[owner]
+      if not list then list = {}; by_owner[owner] = list; owners[#owners + 1] = owner end
+      list[#list + 1] = i
+    else missed[#missed + 1] = ARGV[a + 2 + i] end
+  end
+  for _, owner in ipairs(owners) do
+    local list, ids = by_owner[owner], {}
+    for j, i in ipairs(list) do ids[j] = ARGV[a + 2 + i] end
+    if redis.call('PUBLISH', 'node:' .. owner, '*' .. table.concat(ids, ',') .. ' ' .. msg) == 0 then
+      for _, i in ipairs(list) do
+        missed[#missed + 1] = ARGV[a + 2 + i]
+        if redis.call('GET', KEYS[k + 2 * i - 1]) == owner then redis.call('DEL', KEYS[k + 2 * i - 1]) end
+      end
     end
   end
+  out[#out + 1] = table.concat(missed, ',')
+  k, a = k + 1 + 2 * n, a + 3 + n
 end
 return out";
 /// A node channel's payload is `{user} {message}`, or `{user}` alone: fetch the mailbox.
@@ -190,6 +198,9 @@ impl Fences {
         }
     }
 }
+
+/// Most members of group messages in one script call (more members: more calls).
+const GROUP_CALL_USERS: usize = 8192;
 
 /// Most routes sent in one pipeline.
 const MAX_BATCH: usize = 512;
@@ -299,7 +310,7 @@ impl RedisBus {
                 Script::new(RELEASE),
                 Script::new(ROUTE),
                 Script::new(POKE),
-                Script::new(GROUP),
+                Script::new(GROUPS),
             ],
             stop: Arc::new(AtomicBool::new(false)),
             subscriber: Mutex::new(None),
@@ -403,27 +414,48 @@ impl Bus for RedisBus {
         self.with(|c| redis::cmd("SET").arg(group_key(group)).arg(version).query::<()>(c))
     }
 
-    fn route_group(&self, group: GroupId, version: u64, users: &[UserId], msg: &str) -> Result<GroupRouting, BusError> {
-        let reply: Vec<String> = self.with(|c| {
-            let mut call = self.scripts[5].prepare_invoke();
-            call.key(group_key(group)).arg(version).arg(msg);
-            for &user in users {
-                call.key(presence_key(user)).key(acks_key(user)).arg(user);
+    fn route_groups(&self, sends: &[GroupSend<'_>]) -> Result<Vec<GroupRouting>, BusError> {
+        let mut routed = Vec::with_capacity(sends.len());
+        let mut rest = sends;
+        while !rest.is_empty() {
+            // A script call blocks Redis while it runs: a bounded share of members each.
+            let mut take = 1;
+            let mut users = rest[0].users.len();
+            while take < rest.len() && users + rest[take].users.len() <= GROUP_CALL_USERS {
+                users += rest[take].users.len();
+                take += 1;
             }
-            call.invoke(c)
-        })?;
-        match reply.split_first() {
-            Some((status, rest)) if status == "ok" => {
-                let missed: Result<Vec<UserId>, _> = rest.iter().map(|u| u.parse()).collect();
-                Ok(GroupRouting::Routed {
+            let (call, after) = rest.split_at(take);
+            rest = after;
+            let reply: Vec<String> = self.with(|c| {
+                let mut invocation = self.scripts[5].prepare_invoke();
+                for send in call {
+                    invocation.key(group_key(send.group)).arg(send.version).arg(send.msg).arg(send.users.len());
+                    for &user in send.users {
+                        invocation.key(presence_key(user)).key(acks_key(user)).arg(user);
+                    }
+                }
+                invocation.invoke(c)
+            })?;
+            let stale = reply.last().is_some_and(|a| a.starts_with("stale:"));
+            if reply.len() > call.len() || (reply.len() < call.len() && !stale) {
+                return Err(BusError::Protocol("a group route reply that does not match its call"));
+            }
+            for answer in reply {
+                if let Some(version) = answer.strip_prefix("stale:") {
+                    let current =
+                        version.parse().map_err(|_| BusError::Protocol("a group version that is no number"))?;
+                    routed.push(GroupRouting::Stale { current });
+                    return Ok(routed);
+                }
+                let missed: Result<Vec<UserId>, _> =
+                    answer.split(',').filter(|u| !u.is_empty()).map(str::parse).collect();
+                routed.push(GroupRouting::Routed {
                     missed: missed.map_err(|_| BusError::Protocol("a missed member that is no user id"))?,
-                })
+                });
             }
-            Some((status, [current])) if status == "stale" => Ok(GroupRouting::Stale {
-                current: current.parse().map_err(|_| BusError::Protocol("a group version that is no number"))?,
-            }),
-            _ => Err(BusError::Protocol("an unknown group route reply")),
         }
+        Ok(routed)
     }
 
     fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {

@@ -70,8 +70,8 @@ pub(crate) trait Io<H: Handler> {
     /// Answers a stream that cannot be framed with `answer`, then lingers until the peer closes.
     fn reject(&mut self, at: Loc, answer: H::Out);
     /// Takes the messages already queued on this reactor's channel that `pick` chooses; the
-    /// others are kept, in order, for later.
-    fn take_queued(&mut self, pick: &mut dyn FnMut(&H::Msg) -> bool) -> Vec<H::Msg>;
+    /// others are kept, in order, for later (`pick` may take a part of one it keeps).
+    fn take_queued(&mut self, pick: &mut dyn FnMut(&mut H::Msg) -> bool) -> Vec<H::Msg>;
     /// Every connection of this reactor.
     fn conns(&self) -> Vec<Loc>;
 }
@@ -606,12 +606,15 @@ impl<H: Handler> Io<H> for Transport<H> {
         }
     }
 
-    fn take_queued(&mut self, pick: &mut dyn FnMut(&H::Msg) -> bool) -> Vec<H::Msg> {
+    fn take_queued(&mut self, pick: &mut dyn FnMut(&mut H::Msg) -> bool) -> Vec<H::Msg> {
         // Messages deferred earlier were queued before the channel's: look at them first.
         let (mut taken, mut kept) = (Vec::new(), VecDeque::new());
         for msg in self.deferred.drain(..).chain(self.rx.try_iter()) {
             match msg {
-                Msg::App(m) if pick(&m) => taken.push(m),
+                Msg::App(mut m) => match pick(&mut m) {
+                    true => taken.push(m),
+                    false => kept.push_back(Msg::App(m)),
+                },
                 other => kept.push_back(other),
             }
         }

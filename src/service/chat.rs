@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::message_log::{Accepted, LogHandle, LogResult};
 use super::routes::Routes;
 use super::session::{delivered, AckState, Out, Reply, Sent, SessionState, Sessions};
-use super::{Delivery, Effect, Effects, Job, JobKind, Outcome, Outlet, Service, User};
+use super::{Delivery, Effect, Effects, GroupChat, Job, JobKind, Outcome, Outlet, Service, User};
 use crate::bus::{BusError, Routing};
 use crate::net::{Handler, Io, Loc, Router};
 use crate::pool::PoolHandle;
@@ -32,11 +32,15 @@ use crate::UserId;
 pub(super) const MAX_QUEUED: usize = 256;
 /// Most chat messages of one connection on their way to other nodes (or stored instead).
 pub(super) const MAX_ROUTING: usize = 64;
+/// Most group messages of one connection sent in one pool job.
+const MAX_GROUP_BATCH: usize = 64;
 
 /// What other threads send a chat reactor.
 #[derive(Debug)]
 pub(crate) enum Event {
     Deliver(Delivery),
+    /// Deliveries to sessions of this reactor, one hand-over (a group message's members here).
+    Deliveries(Vec<Delivery>),
     /// Fetch the mailbox of the session at `to` (messages were stored while it logged in, or
     /// the sweep found some): all of it, or with `newest`, only if the session has not read
     /// that row yet.
@@ -71,6 +75,15 @@ pub(crate) enum Event {
 impl Outlet for Router<Event> {
     fn deliver(&self, d: Delivery) {
         self.send(d.to.reactor, Event::Deliver(d));
+    }
+
+    fn deliver_many(&self, mut ds: Vec<Delivery>) {
+        ds.sort_by_key(|d| d.to.reactor); // stable: each session's own stay in order
+        while let Some(last) = ds.last() {
+            let reactor = last.to.reactor;
+            let split = ds.partition_point(|d| d.to.reactor < reactor);
+            self.send(reactor, Event::Deliveries(ds.split_off(split)));
+        }
     }
 
     fn drain(&self, to: Loc, user: UserId) {
@@ -401,12 +414,26 @@ impl ChatHandler {
     ) {
         let (service, router) = (&self.service, &self.router);
         let before = || {
-            let mut mine = |m: &Event| matches!(m, Event::Deliver(d) if d.to == at && d.user == user);
-            for m in io.take_queued(&mut mine) {
-                if let Event::Deliver(d) = m {
-                    unsent.push((d.user, d.msg));
+            // In the order queued: single deliveries, and its own out of batches (which stay).
+            let for_it = |d: &Delivery| d.to == at && d.user == user;
+            let mut mine = |m: &mut Event| match m {
+                Event::Deliver(d) if for_it(d) => {
+                    unsent.push((d.user, d.msg.clone()));
+                    true
                 }
-            }
+                Event::Deliveries(ds) => {
+                    ds.retain(|d| match for_it(d) {
+                        true => {
+                            unsent.push((d.user, d.msg.clone()));
+                            false
+                        }
+                        false => true,
+                    });
+                    false
+                }
+                _ => false,
+            };
+            drop(io.take_queued(&mut mine));
             spill(service, router, unsent);
         };
         service.end_session(user, at, before, released, &mut self.fx);
@@ -545,7 +572,10 @@ impl ChatHandler {
                 Some(Sent::Answer(bytes)) => self.answer(io, at, bytes),
                 Some(Sent::Logged(r)) => {
                     self.service.logged(r.accepted.seq, &r.accepted.msg, r.logged, r.again, &mut self.fx);
-                    let job = self.fx.job.take();
+                    let mut job = self.fx.job.take();
+                    if let Some(Job { kind: JobKind::GroupChats { chats, .. }, .. }) = &mut job {
+                        self.join_group_chats(at, chats);
+                    }
                     self.apply_effects(io, at);
                     if let Some(job) = job {
                         self.submit(io, at, job);
@@ -559,6 +589,26 @@ impl ChatHandler {
         if let Some(parsed) = session.deferred.take() {
             io.resume(at);
             self.dispatch(io, at, parsed);
+        }
+    }
+
+    /// Takes the group messages logged right behind the one in `chats` into its job, as long as
+    /// each would be a job of its own: in a cluster, they are sent one after the other all
+    /// the same, and together their deliveries are written together.
+    fn join_group_chats(&mut self, at: Loc, chats: &mut Vec<GroupChat>) {
+        while chats.len() < MAX_GROUP_BATCH {
+            let Some(session) = self.sessions.get_mut(at) else { return };
+            let Some(Sent::Logged(r)) = session.sent.front() else { return };
+            if !self.service.becomes_group_job(r.accepted.msg.to, r.logged, r.again) {
+                return;
+            }
+            let Some(Sent::Logged(r)) = session.sent.pop_front() else { return };
+            let mut fx = Effects::default();
+            self.service.logged(r.accepted.seq, &r.accepted.msg, r.logged, r.again, &mut fx);
+            match fx.job {
+                Some(Job { kind: JobKind::GroupChats { chats: more, .. }, .. }) => chats.extend(more),
+                other => log::error!("conn {}.{}: a group message that became {other:?}", at.reactor, at.conn),
+            }
         }
     }
 
@@ -758,6 +808,7 @@ impl Handler for ChatHandler {
     fn on_message(&mut self, io: &mut impl Io<Self>, msg: Event) {
         match msg {
             Event::Deliver(d) => self.deliver(io, d),
+            Event::Deliveries(ds) => ds.into_iter().for_each(|d| self.deliver(io, d)),
             Event::Drain { to, user, newest } => self.on_drain(io, to, user, newest),
             Event::JobDone { at, outcome } => self.on_job_done(io, at, outcome),
             Event::Logged(results) => self.on_logged(io, results),
@@ -823,6 +874,7 @@ impl Handler for ChatHandler {
         for msg in leftover {
             match msg {
                 Event::Deliver(d) => self.spill(vec![(d.user, d.msg)]),
+                Event::Deliveries(ds) => self.spill(ds.into_iter().map(|d| (d.user, d.msg)).collect()),
                 Event::Logged(results) => {
                     for r in results {
                         self.unsettled_at_exit(&r);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Delivery, Effects, Job, JobKind, Service, SessionState};
+use super::{Delivery, Effects, GroupChat, Job, JobKind, Service, SessionState};
 use crate::proto::message::Target;
 use crate::proto::reply;
 use crate::proto::request::{parse_body, parse_envelope, Envelope, Parsed};
@@ -152,9 +152,23 @@ impl Service {
             },
             Target::Group(groupid) => match self.deliver_to_group_here(m.from, groupid, &msg, fx) {
                 true => ack(fx),
-                false => fx.job = Some(Job { seq, kind: JobKind::GroupChat { me: m.from, groupid, msg, mid, dup } }),
+                false => {
+                    let chats = vec![GroupChat { seq, groupid, msg, mid, dup }];
+                    fx.job = Some(Job { seq: None, kind: JobKind::GroupChats { me: m.from, chats } });
+                }
             },
         }
+    }
+
+    /// Whether `logged` turns a logged message into a group chat job, and nothing else: a
+    /// fresh one (or a retry to deliver again) to a group, in a cluster.
+    pub(crate) fn becomes_group_job(&self, to: Target, logged: Option<Logged>, again: bool) -> bool {
+        let delivered = match logged {
+            Some(Logged::Fresh(_)) => true,
+            Some(Logged::Dup(_)) => again,
+            None => false,
+        };
+        delivered && matches!(to, Target::Group(_)) && !self.bus.sole_node()
     }
 
     /// The group fast path: when the member list is cached and every other member is live on

@@ -4,25 +4,22 @@
 use std::sync::Arc;
 
 use super::{Delivery, Effect, Job, JobKind, Loc, Outcome, Outlet, Service};
-use crate::bus::{BusError, GroupRouting};
+use crate::bus::BusError;
 use crate::proto::message::Target;
 use crate::proto::reply::{self, LoginData};
 use crate::proto::{Errno, MsgId};
 use crate::store::{Conversation, Mid, StoreResult};
-use crate::{GroupId, UserId};
+use crate::UserId;
 
 /// Most messages one login ack (or one drain) takes from a mailbox; the rest follow in slices.
 pub(crate) const SLICE_MESSAGES: usize = 1000;
 /// Most bytes of messages one slice takes (a single larger message still goes, alone).
 pub(crate) const SLICE_BYTES: usize = 1024 * 1024;
 
-/// Most times a group message reads its members again because they changed meanwhile.
-const GROUP_READS: usize = 3;
-
 /// A dependency failed; the request is answered with errno 10 and the cause logged once, with
 /// the job it stopped.
 #[derive(Debug, thiserror::Error)]
-enum Unavailable {
+pub(super) enum Unavailable {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -45,20 +42,21 @@ impl JobKind {
     /// Nor a logged chat message: it was accepted already.
     pub(crate) fn sheddable(&self) -> bool {
         self.request().is_some()
-            && !matches!(self, JobKind::Logout { .. } | JobKind::Chat { .. } | JobKind::GroupChat { .. })
+            && !matches!(self, JobKind::Logout { .. } | JobKind::Chat { .. } | JobKind::GroupChats { .. })
     }
 
-    /// The mid of a logged chat message.
+    /// The mid of a logged chat message (of the first, for group messages).
     pub(crate) fn mid(&self) -> Option<Mid> {
         match self {
-            JobKind::Chat { mid, .. } | JobKind::GroupChat { mid, .. } => Some(*mid),
+            JobKind::Chat { mid, .. } => Some(*mid),
+            JobKind::GroupChats { chats, .. } => chats.first().map(|c| c.mid),
             _ => None,
         }
     }
 
-    /// Whether a logged chat message is a retry of one logged before.
+    /// Whether a logged one-to-one message is a retry of one logged before.
     pub(crate) fn dup(&self) -> bool {
-        matches!(self, JobKind::Chat { dup: true, .. } | JobKind::GroupChat { dup: true, .. })
+        matches!(self, JobKind::Chat { dup: true, .. })
     }
 
     /// For logs.
@@ -70,7 +68,7 @@ impl JobKind {
             JobKind::AddFriend { .. } => "add-friend",
             JobKind::CreateGroup { .. } => "create-group",
             JobKind::AddGroup { .. } => "add-group",
-            JobKind::GroupChat { .. } => "group chat",
+            JobKind::GroupChats { .. } => "group chat",
             JobKind::History { .. } => "history",
             JobKind::Drain { .. } => "mailbox drain",
             JobKind::Peek { .. } => "mailbox read",
@@ -88,7 +86,7 @@ impl JobKind {
             JobKind::AddFriend { .. } => MsgId::AddFriend,
             JobKind::CreateGroup { .. } => MsgId::CreateGroup,
             JobKind::AddGroup { .. } => MsgId::AddGroup,
-            JobKind::GroupChat { .. } => MsgId::GroupChat,
+            JobKind::GroupChats { .. } => MsgId::GroupChat,
             JobKind::History { .. } => MsgId::History,
             JobKind::Logout { .. } => MsgId::Logout,
             JobKind::Forget { .. } => MsgId::Acknowledge,
@@ -178,20 +176,9 @@ impl Service {
                     }
                     false => error(Errno::NoSuchGroup, Errno::NoSuchGroup.message()),
                 },
-                JobKind::GroupChat { me, groupid, msg, .. } => {
-                    let full = match self.send_to_group(me, groupid, &msg, outlet)? {
-                        Ok(full) => full,
-                        Err(errno) => return refuse(errno),
-                    };
-                    // Members whose mailbox is full are named in the answer (the message is in
-                    // the group's history).
-                    match (full.is_empty(), &seq, mid) {
-                        (false, Some(seq), Some(mid)) => Outcome {
-                            reply: Some(reply::group_sent_but_full(seq, mid, dup, &full)),
-                            effect: Effect::None,
-                        },
-                        _ => ok(None),
-                    }
+                JobKind::GroupChats { me, chats } => {
+                    let replies = self.group_chats(me, chats, here, outlet);
+                    Outcome { reply: (!replies.is_empty()).then_some(replies), effect: Effect::None }
                 }
                 JobKind::History { me, with, before, limit } => {
                     match with {
@@ -383,7 +370,7 @@ impl Service {
 
     /// Delivers `msg` to `user` if it is live on this node or another; `false`: it is not, or
     /// its session acknowledges deliveries (store it: the session reads it from its mailbox).
-    fn deliver_live(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
+    pub(super) fn deliver_live(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
         // Sent under the presence read lock: a session ending meanwhile still finds it queued.
         match self.presence.with_unacked(user, |to| outlet.deliver(Delivery { to, user, msg: msg.clone() })) {
             Some(Some(())) => Ok(true),
@@ -392,65 +379,8 @@ impl Service {
         }
     }
 
-    /// Sends a logged group message to every other member of `group`: once to each other node
-    /// where members are live (the bus), directly to those live here, into the mailbox of the
-    /// rest. The members come from the cache, read again if the bus says they changed.
-    /// `Ok(Err)`: no such group, or `me` is no member. `Ok(Ok)`: the members whose mailbox was
-    /// full. Members are served one message after the other (a sender's group messages are
-    /// one job at a time): each gets a sender's messages in order, as one-to-one messages.
-    fn send_to_group(
-        &self,
-        me: UserId,
-        group: GroupId,
-        msg: &Arc<str>,
-        outlet: &dyn Outlet,
-    ) -> Result<Result<Vec<UserId>, Errno>, Unavailable> {
-        let mut known = self.groups.members(group);
-        let mut told = None; // the current version, as the bus answered a stale one
-        for _ in 0..GROUP_READS {
-            let members = match known.take() {
-                Some(m) => m,
-                None => {
-                    let generation = self.groups.generation();
-                    let version = match told.take() {
-                        Some(v) => v,
-                        None => self.bus.group_version(group)?,
-                    };
-                    let Some(users) = self.store.group_members(group)? else { return Ok(Err(Errno::NoSuchGroup)) };
-                    self.groups.fill(group, &users, version, generation)
-                }
-            };
-            if !members.users.contains(&me) {
-                return Ok(Err(Errno::NotMember));
-            }
-            let (here, elsewhere): (Vec<UserId>, Vec<UserId>) =
-                members.users.iter().copied().filter(|&m| m != me).partition(|&m| self.presence.session(m).is_some());
-            let missed = match self.bus.route_group(group, members.version, &elsewhere, msg)? {
-                GroupRouting::Routed { missed } => missed,
-                GroupRouting::Stale { current } => {
-                    self.groups.invalidate(group);
-                    told = Some(current);
-                    continue;
-                }
-            };
-            let mut full = Vec::new();
-            for member in here {
-                if !(self.deliver_live(member, msg, outlet)? || self.store_offline(member, msg, outlet)?) {
-                    full.push(member);
-                }
-            }
-            for member in missed {
-                if !self.store_offline(member, msg, outlet)? {
-                    full.push(member);
-                }
-            }
-            return Ok(Ok(full));
-        }
-        Err(BusError::Protocol("a group whose members change faster than it can be read").into())
-    }
-
     /// Stores `msg` in `user`'s mailbox, in order with every other write to it. `false`: full.
-    fn store_offline(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
+    pub(super) fn store_offline(&self, user: UserId, msg: &Arc<str>, outlet: &dyn Outlet) -> Result<bool, Unavailable> {
         if !self.mailboxes.store(user, msg.clone(), self.mailbox_cap)? {
             return Ok(false);
         }

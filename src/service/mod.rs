@@ -7,6 +7,7 @@
 //! reactor, which holds the connection's later requests until then (per-connection order).
 
 mod chat;
+mod fanout;
 mod groups;
 mod handler;
 mod jobs;
@@ -111,6 +112,17 @@ pub(crate) struct Job {
     pub kind: JobKind,
 }
 
+/// One logged group message, answered on its own.
+#[derive(Debug)]
+pub(crate) struct GroupChat {
+    pub seq: Option<Value>,
+    pub groupid: GroupId,
+    pub msg: Arc<str>,
+    pub mid: Mid,
+    /// A retry of a message logged before (same cid): delivered again, answered `dup`.
+    pub dup: bool,
+}
+
 #[derive(Debug)]
 pub(crate) enum JobKind {
     Login {
@@ -143,13 +155,12 @@ pub(crate) enum JobKind {
         me: UserId,
         groupid: GroupId,
     },
-    /// A logged group message the reactor could not deliver itself.
-    GroupChat {
+    /// Logged group messages of one sender that the reactor could not deliver itself, in the
+    /// order sent. Consecutive ones go as one job: the pool sends them one after the other,
+    /// and their deliveries reach each reactor together, to be written together.
+    GroupChats {
         me: UserId,
-        groupid: GroupId,
-        msg: Arc<str>,
-        mid: Mid,
-        dup: bool,
+        chats: Vec<GroupChat>,
     },
     History {
         me: UserId,
@@ -218,6 +229,10 @@ pub(crate) enum Effect {
 /// How the pool reaches reactors. Any thread.
 pub(crate) trait Outlet {
     fn deliver(&self, d: Delivery);
+    /// Delivers many at once: one hand-over per reactor.
+    fn deliver_many(&self, ds: Vec<Delivery>) {
+        ds.into_iter().for_each(|d| self.deliver(d));
+    }
     /// Asks the session at `to` to fetch its mailbox.
     fn drain(&self, to: Loc, user: UserId);
     /// As `drain`, unless the session has read mailbox row `newest` already.

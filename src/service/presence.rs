@@ -56,6 +56,15 @@ impl Presence {
         self.shard(user).read().get(&user).map(|l| (l.loc, l.acks))
     }
 
+    /// Runs `f` with every shard read-locked, handing it a lookup of any user's location and
+    /// acks mode: as with `with`, what `f` sends is queued before any `remove_with` of those
+    /// users can finish (a group message reaches all its members here in one hand-over per
+    /// reactor). Shards are locked in index order, and writers hold one at a time: no deadlock.
+    pub fn with_all<R>(&self, f: impl FnOnce(&dyn Fn(UserId) -> Option<(Loc, bool)>) -> R) -> R {
+        let shards: Vec<_> = self.shards.iter().map(|s| s.read()).collect();
+        f(&|user| shards[user as usize % SHARDS].get(&user).map(|l| (l.loc, l.acks)))
+    }
+
     /// Runs `f` with the user's location under the shard's read lock. What `f` sends to the
     /// session's reactor is queued there before any `remove_with` of that user can finish.
     pub fn with<R>(&self, user: UserId, f: impl FnOnce(Loc) -> R) -> Option<R> {

@@ -11,14 +11,14 @@ use serde_json::{json, Value};
 use super::message_log::Accepted;
 use super::session::Out;
 use super::{ChatHandler, Delivery, Event, LogHandle, Service};
-use crate::bus::{Bus, BusError, GroupRouting, LocalBus, Routing};
+use crate::bus::{Bus, BusError, GroupRouting, GroupSend, LocalBus, Routing};
 use crate::config::{Config, HashCost};
 use crate::net::{Handler, Io, Loc, Msg, ReactorSeed, Router};
 use crate::pool::{PoolHandle, Task};
 use crate::proto::codec::FrameError;
 use crate::proto::time::Clock;
 use crate::store::{MemoryStore, Store};
-use crate::{GroupId, UserId};
+use crate::UserId;
 
 /// One connection as the fake transport sees it.
 #[derive(Debug, Default)]
@@ -90,14 +90,14 @@ impl Io<ChatHandler> for FakeIo {
         }
     }
 
-    fn take_queued(&mut self, pick: &mut dyn FnMut(&Event) -> bool) -> Vec<Event> {
+    fn take_queued(&mut self, pick: &mut dyn FnMut(&mut Event) -> bool) -> Vec<Event> {
         let (mut taken, mut kept) = (Vec::new(), VecDeque::new());
         let queued = self.rx.try_iter().filter_map(|m| match m {
             Msg::App(e) => Some(e),
             _ => None,
         });
-        for e in self.deferred.drain(..).chain(queued) {
-            match pick(&e) {
+        for mut e in self.deferred.drain(..).chain(queued) {
+            match pick(&mut e) {
                 true => taken.push(e),
                 false => kept.push_back(e),
             }
@@ -390,14 +390,8 @@ impl Bus for SlowBus {
         Routing::Queued
     }
 
-    fn route_group(
-        &self,
-        _group: GroupId,
-        _version: u64,
-        users: &[UserId],
-        _msg: &str,
-    ) -> Result<GroupRouting, BusError> {
-        Ok(GroupRouting::Routed { missed: users.to_vec() })
+    fn route_groups(&self, sends: &[GroupSend<'_>]) -> Result<Vec<GroupRouting>, BusError> {
+        Ok(sends.iter().map(|s| GroupRouting::Routed { missed: s.users.to_vec() }).collect())
     }
 
     fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
