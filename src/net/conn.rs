@@ -44,6 +44,11 @@ pub(super) enum State {
 /// whatever its TCP stack never acknowledged. Items that matter ([`Outbound::needs_peer_ack`])
 /// therefore wait in `unconfirmed`, with the stream offset of their last byte, until the
 /// kernel's count of acknowledged bytes passes it.
+/// Written items (or bytes of them) waiting for the peer's acknowledgement at which a flush
+/// looks it up.
+const CONFIRM_AT: usize = 64;
+const CONFIRM_AT_BYTES: u64 = 64 * 1024;
+
 #[derive(Debug)]
 pub(super) struct OutQueue<O> {
     items: VecDeque<O>,
@@ -60,6 +65,16 @@ pub(super) struct OutQueue<O> {
 impl<O: Outbound> OutQueue<O> {
     pub(super) fn new() -> Self {
         OutQueue { items: VecDeque::new(), bytes: 0, front_done: 0, written: 0, unconfirmed: VecDeque::new() }
+    }
+
+    /// Written items waiting for the peer's acknowledgement.
+    pub(super) fn unconfirmed_len(&self) -> usize {
+        self.unconfirmed.len()
+    }
+
+    /// About how many bytes they hold (all but the oldest item's).
+    pub(super) fn unconfirmed_bytes(&self) -> u64 {
+        self.unconfirmed.front().map_or(0, |(end, _)| self.written - end)
     }
 
     /// `true` while some written item waits for the peer's acknowledgement.
@@ -189,9 +204,14 @@ impl<O: Outbound> Conn<O> {
     }
 
     /// Writes queued output; once a lingering connection's answer is out, shuts down our side.
+    /// Written items are forgotten once acknowledged, looked up only when many wait: bytes
+    /// just written are not acknowledged yet, and a lookup is a system call (the reactor's
+    /// tick and a close look up the rest).
     pub(super) fn flush(&mut self) -> io::Result<()> {
         self.out.write_to(&mut self.stream)?;
-        self.confirm_received();
+        if self.out.unconfirmed_len() >= CONFIRM_AT || self.out.unconfirmed_bytes() >= CONFIRM_AT_BYTES {
+            self.confirm_received();
+        }
         if self.out.is_empty() && matches!(self.state, State::Lingering { .. }) && !self.write_shut {
             self.write_shut = true;
             let _ = self.stream.shutdown(Shutdown::Write);

@@ -209,6 +209,10 @@ impl<H: Handler> Reactor<H> {
             let now = Instant::now();
             if now >= next_tick {
                 next_tick = now + TICK;
+                // Acknowledged output is forgotten here too (flushes look only when much waits).
+                for (_, conn) in self.io.conns.iter_mut() {
+                    conn.confirm_received();
+                }
                 self.handler.on_tick(&mut self.io);
             }
             let timeout = if more_msgs || !self.io.backlog.is_empty() {

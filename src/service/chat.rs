@@ -528,8 +528,10 @@ impl ChatHandler {
         self.fetch_mailbox(io, at);
     }
 
-    /// Results from the log, in the order their connections sent them.
+    /// Results from the log, in the order their connections sent them. All take their
+    /// places before any goes on: consecutive group messages then leave in one job.
     fn on_logged(&mut self, io: &mut impl Io<Self>, results: Vec<LogResult>) {
+        let mut moved: Vec<Loc> = Vec::new();
         for r in results {
             self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
             let at = r.accepted.at;
@@ -547,6 +549,11 @@ impl ChatHandler {
                     continue;
                 }
             }
+            if moved.last() != Some(&at) {
+                moved.push(at); // a session twice is harmless: the second finds nothing to do
+            }
+        }
+        for at in moved {
             self.advance(io, at);
         }
     }
