@@ -3,14 +3,20 @@
 #   the bare relay (`chatbench relay`: the same transport without the chat; what the machine allows)
 #   and Redis pub/sub used as a chat relay (what many would pick instead).
 # Everything runs privately on free loopback ports under one temp dir, and is stopped at exit.
-#   scripts/bench.sh [OUTPUT]        (default OUTPUT: BENCHMARKS.md)
+#   scripts/bench.sh [OUTPUT]          (default OUTPUT: BENCHMARKS.md)
+#   scripts/bench.sh cluster [OUTPUT]  only the cluster scaling section, in place in OUTPUT
 # Then a cluster of two nodes on a private MariaDB and Redis: messages across nodes, and the
-# integrity check under every fault at once.
+# integrity check under every fault at once; then 1, 2 and 3 nodes side by side (scaling).
 # Knobs (environment): PAIRS, BIG_PAIRS, MESSAGES, FLOOD_MESSAGES, MEMBERS, FANOUT_MESSAGES, ACKS_MESSAGES,
 # IDLE (sessions held; default: as many as the server's open-file limit allows), HOLD (acks sessions
-# holding a full window), INTEGRITY_SECS.
+# holding a full window), INTEGRITY_SECS, LOGINS (login cycles per scaling step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=full
+if [ "${1:-}" = cluster ]; then
+    mode=cluster
+    shift
+fi
 out=${1:-BENCHMARKS.md}
 PAIRS=${PAIRS:-100}
 BIG_PAIRS=${BIG_PAIRS:-1000}
@@ -21,6 +27,7 @@ FANOUT_MESSAGES=${FANOUT_MESSAGES:-2000}
 ACKS_MESSAGES=${ACKS_MESSAGES:-500}
 INTEGRITY_SECS=${INTEGRITY_SECS:-120}
 HOLD=${HOLD:-200}
+LOGINS=${LOGINS:-300}
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -69,13 +76,6 @@ start_listening() {
 }
 
 bench=target/release/chatbench
-# The server's password hash is made cheap here: logins are set-up, not what is measured
-# (the idle scenario reports logins/s with this cost; the default cost is about 20 ms each).
-start_listening "$dir/chat.log" target/release/chatserver --listen 127.0.0.1:0 --store "sqlite:$dir/chat.db" \
-    --hash-memory-kib 256 --hash-iterations 1
-chat_addr=$addr chat_pid=$pid
-start_listening "$dir/relay.log" "$bench" relay --listen 127.0.0.1:0 --threads "$(nproc)"
-relay_addr=$addr relay_pid=$pid
 # start_redis PORT NAME: a private Redis without persistence; sets $redis_pid.
 start_redis() {
     local port=$1 name=$2
@@ -93,9 +93,6 @@ start_redis() {
         exit 1
     fi
 }
-redis_port=$(free_port)
-start_redis "$redis_port" redis
-redis_addr=127.0.0.1:$redis_port
 
 # run NAME TARGET ADDR PID ARGS...: one chatbench run, its JSON line kept in $dir/NAME.json.
 run() {
@@ -109,6 +106,19 @@ field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$dir/$1.json"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "–" }'; }
 rate() { awk -v r="$(field "$1" rate)" 'BEGIN { printf "%.0f", r }'; }
 cpu() { awk -v c="$(field "$1" server_cpu_us_per_msg)" 'BEGIN { printf "%.2f", c }'; }
+
+if [ "$mode" = full ]; then
+# The server's password hash is made cheap here: logins are set-up, not what is measured
+# (the idle scenario reports logins/s with this cost; the default cost is about 20 ms each).
+start_listening "$dir/chat.log" target/release/chatserver --listen 127.0.0.1:0 --store "sqlite:$dir/chat.db" \
+    --hash-memory-kib 256 --hash-iterations 1
+chat_addr=$addr chat_pid=$pid
+start_listening "$dir/relay.log" "$bench" relay --listen 127.0.0.1:0 --threads "$(nproc)"
+relay_addr=$addr relay_pid=$pid
+redis_port=$(free_port)
+start_redis "$redis_port" redis
+redis_addr=127.0.0.1:$redis_port
+
 
 for sys in chat:$chat_addr:$chat_pid relay:$relay_addr:$relay_pid redis:$redis_addr:$redis_pid; do
     IFS=: read -r name host port pid <<<"$sys"
@@ -160,10 +170,14 @@ echo "== $HOLD acks sessions holding a full window" >&2
 cat "$dir/hold.json" >&2
 kill "$pid"
 
-# The cluster: two nodes, MariaDB, Redis. Users connect to the nodes' own ports in turn (user i
-# to node i % 2), so both users of a pair are on different nodes and every message crosses.
+fi
+
 start_mariadb "$dir"
 pids+=("$db_pid")
+
+if [ "$mode" = full ]; then
+# The cluster: two nodes, MariaDB, Redis. Users connect to the nodes' own ports in turn (user i
+# to node i % 2), so both users of a pair are on different nodes and every message crosses.
 cluster_redis_port=$(free_port)
 start_redis "$cluster_redis_port" cluster-redis
 echo "$redis_pid" >"$dir/cluster-redis.pid"
@@ -187,6 +201,8 @@ run "same-flood" chat 127.0.0.1 "$cluster_pids" flood --ports "${node_ports[0]}"
     --messages $((FLOOD_MESSAGES / 4)) --window 64
 run "cross-pingpong" chat 127.0.0.1 "$cluster_pids" pingpong --ports "$both" --pairs "$PAIRS" \
     --messages $((MESSAGES / 4))
+run "same-pingpong" chat 127.0.0.1 "$cluster_pids" pingpong --ports "${node_ports[0]}" --pairs "$PAIRS" \
+    --messages $((MESSAGES / 4))
 # Integrity under every fault: clients reset and blackholed throughout, and in turn a node
 # killed (-9) and started again, Redis killed (-9) and started again empty, the other node,
 # Redis shut down and started again.
@@ -205,6 +221,121 @@ echo "== integrity, $INTEGRITY_SECS s, all faults" >&2
     --fault "redis-cli -p $cluster_redis_port shutdown nosave; sleep 1; $redis_again" \
     --json >"$dir/integrity.json" || true
 cat "$dir/integrity.json" >&2
+fi
+
+# Scaling: 1, 2 and 3 nodes on one MariaDB (and, from two nodes, one Redis); users connect to
+# every node in turn, so with n nodes a message crosses nodes (n-1)/n of the time. One node is
+# the single-node deployment (no bus). CPU is summed over every process; the nodes' share and
+# Redis's are split out: Redis is one thread, so its share bounds a cluster whatever its size.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+scale_redis_port=$(free_port)
+start_redis "$scale_redis_port" scale-redis
+scale_redis_pid=$redis_pid
+# srun NAME NODE_PIDS ARGS...: a chatbench run whose CPU is split into nodes, Redis, MariaDB.
+srun() {
+    local name=$1 nodes=$2
+    shift 2
+    local r0 d0
+    r0=$(ticks "$scale_redis_pid") d0=$(ticks "$db_pid")
+    run "$name" chat 127.0.0.1 "$nodes,$scale_redis_pid,$db_pid" "$@"
+    echo "$(($(ticks "$scale_redis_pid") - r0)) $(($(ticks "$db_pid") - d0))" >"$dir/$name.ticks"
+}
+for n in 1 2 3; do
+    scale_pids=() scale_ports=()
+    for i in $(seq 0 $((n - 1))); do
+        bus=()
+        [ "$n" -gt 1 ] && bus=(--bus "redis://127.0.0.1:$scale_redis_port" --node-id "scale$n-$i")
+        start_listening "$dir/scale$n-$i.log" target/release/chatserver --listen 127.0.0.1:0 \
+            --store "mysql://root@127.0.0.1:$db_port/chat" "${bus[@]}" --hash-memory-kib 256 --hash-iterations 1
+        scale_pids+=("$pid") scale_ports+=("${addr##*:}")
+    done
+    nodes=$(IFS=,; echo "${scale_pids[*]}") ports=$(IFS=,; echo "${scale_ports[*]}")
+    srun "s$n-warm" "$nodes" flood --ports "$ports" --pairs 20 --messages 2000
+    srun "s$n-pingpong" "$nodes" pingpong --ports "$ports" --pairs "$PAIRS" --messages $((MESSAGES / 4))
+    srun "s$n-flood" "$nodes" flood --ports "$ports" --pairs 50 --messages $((FLOOD_MESSAGES / 4)) --window 64
+    srun "s$n-fanout" "$nodes" fanout --ports "$ports" --pairs 1 --members "$MEMBERS" \
+        --messages $((FANOUT_MESSAGES / 2)) --window 16
+    if [ "$n" -eq 2 ]; then # every member on one node of the two
+        srun "s2-fanout-one" "$nodes" fanout --ports "${scale_ports[0]}" --pairs 1 --members "$MEMBERS" \
+            --messages $((FANOUT_MESSAGES / 2)) --window 16
+    fi
+    c0=$(redis-cli -p "$scale_redis_port" info stats | sed -n 's/^total_commands_processed:\([0-9]*\).*/\1/p')
+    echo "== s$n-logins" >&2
+    "$bench" logins --addr 127.0.0.1 --ports "$ports" --friends 100 --messages "$LOGINS" \
+        --pid "$nodes,$scale_redis_pid,$db_pid" --json >"$dir/s$n-logins.json"
+    cat "$dir/s$n-logins.json" >&2
+    c1=$(redis-cli -p "$scale_redis_port" info stats | sed -n 's/^total_commands_processed:\([0-9]*\).*/\1/p')
+    echo $(((c1 - c0) - 1)) >"$dir/s$n-logins.redis" # less the INFO itself
+    for p in "${scale_pids[@]}"; do kill "$p"; done
+    for p in "${scale_pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+done
+# The scaling tables, in markdown, for the report.
+{
+    clk=$(getconf CLK_TCK)
+    echo "## Cluster scaling: 1, 2 and 3 nodes"
+    echo
+    echo "Written by \`scripts/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'); every process on the same $(nproc) cores."
+    echo "One MariaDB; from two nodes on, Redis between them. Users connect to every node in turn, so"
+    echo "with n nodes (n-1)/n of one-to-one messages cross nodes, and a group's members are spread"
+    echo "over all of them. One node is the single-node deployment (no Redis). CPU is per delivered"
+    echo "message, summed over every process, then split: on $(nproc) shared cores more nodes cannot add"
+    echo "throughput, but CPU per message is what predicts it on real machines: a node core carries"
+    echo "about 10⁶ / (node µs) messages per second, and Redis, one thread, caps a whole cluster at"
+    echo "about 10⁶ / (Redis µs)."
+    echo
+    echo "| nodes | run | msg/s | p50 µs | p99 µs | CPU µs, all | nodes | Redis | MariaDB | per node core, msg/s | Redis cap, msg/s |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for n in 1 2 3; do
+        for r in pingpong flood fanout fanout-one; do
+            f="s$n-$r"
+            [ -f "$dir/$f.json" ] || continue
+            read -r rt dt <"$dir/$f.ticks"
+            awk -v n="$n" -v r="$r" -v rate="$(field "$f" rate)" -v p50="$(field "$f" p50_us)" \
+                -v p99="$(field "$f" p99_us)" -v all="$(field "$f" server_cpu_us_per_msg)" \
+                -v rt="$rt" -v dt="$dt" -v clk="$clk" -v secs="$(field "$f" seconds)" 'BEGIN {
+                msgs = rate * secs
+                redis = msgs > 0 ? rt / clk * 1e6 / msgs : 0
+                db = msgs > 0 ? dt / clk * 1e6 / msgs : 0
+                node = all - redis - db
+                if (r == "fanout-one") r = "fanout, all members on one node"
+                else if (r == "fanout") r = "fanout, 1 group of '"$MEMBERS"'"
+                else if (r == "flood") r = "flood, 50 pairs, window 64"
+                else r = "pingpong, '"$PAIRS"' pairs"
+                per_node = (node > 0) ? sprintf("%.0f", 1e6 / node) : "–"
+                cap = (n > 1 && redis > 0) ? sprintf("%.0f", 1e6 / redis) : "–"
+                printf "| %d | %s | %.0f | %d | %d | %.2f | %.2f | %.2f | %.2f | %s | %s |\n", n, r, rate, p50, p99, all, node, redis, db, per_node, cap
+            }'
+        done
+    done
+    echo
+    s1=$(field s1-fanout rate) s2=$(field s2-fanout rate) s2one=$(field s2-fanout-one rate)
+    echo "Group chat, 2 nodes against 1: members spread $(ratio "$s2" "$s1"), all members on one node $(ratio "$s2one" "$s1")."
+    echo "One-to-one across 2 nodes against 1: pingpong $(ratio "$(field s2-pingpong rate)" "$(field s1-pingpong rate)"),"
+    echo "flood $(ratio "$(field s2-flood rate)" "$(field s1-flood rate)")."
+    echo
+    echo "Login with 100 friends (half online, spread over the nodes), then logout, $LOGINS times, on the nodes in turn:"
+    echo
+    echo "| nodes | logins/s | cycle p50 µs | cycle p99 µs | Redis commands per login + logout |"
+    echo "|---:|---:|---:|---:|---:|"
+    for n in 1 2 3; do
+        per=–
+        [ "$n" -gt 1 ] && per=$(awk -v c="$(cat "$dir/s$n-logins.redis")" -v l="$LOGINS" 'BEGIN { printf "%.1f", c / l }')
+        echo "| $n | $(awk -v r="$(field "s$n-logins" logins_per_s)" 'BEGIN { printf "%.0f", r }') | $(field "s$n-logins" cycle_p50_us) | $(field "s$n-logins" cycle_p99_us) | $per |"
+    done
+} >"$dir/scaling.md"
+
+if [ "$mode" = cluster ]; then
+    # Only the scaling section: in place of the one in $out, if it has one.
+    if [ -f "$out" ] && grep -q '^## Cluster scaling' "$out"; then
+        awk -v frag="$dir/scaling.md" '/^## Cluster scaling/ { while ((getline l < frag) > 0) print l; skip = 1; next }
+            skip && /^## / { skip = 0 } !skip' "$out" >"$dir/out.md"
+        cp "$dir/out.md" "$out"
+    else
+        cat "$dir/scaling.md" >>"$out"
+    fi
+    echo "bench.sh: wrote the scaling section of $out" >&2
+    exit 0
+fi
 
 row() { # row LABEL NAME: throughput, latency and CPU of chat, relay and Redis, and the ratios
     local label=$1 n=$2 relay=– redis=– vs_relay=– vs_redis=–
@@ -274,6 +405,15 @@ lat() { # lat LABEL NAME
     bytes=$(awk -v b="$(field idle server_bytes_per_session)" 'BEGIN { printf "%.0f", b }')
     echo "| idle: ≤ 4 KiB of server memory per session | $bytes B | $(met "$bytes" 4096 "<=") |"
     echo "| cluster: durable flood across nodes ≥ 60,000 msg/s | $(rate cross-flood) | $(met "$(rate cross-flood)" 60000 ">=") |"
+    x() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > 0) ? a / b : 0 }'; }
+    cp_x=$(x "$(cpu cross-pingpong)" "$(cpu same-pingpong)") pp_x=$(x "$(rate cross-pingpong)" "$(rate same-pingpong)")
+    fl_x=$(x "$(rate cross-flood)" "$(rate same-flood)")
+    echo "| cluster: CPU per message across nodes ≤ 2× same node (pingpong) | $(ratio "$(cpu cross-pingpong)" "$(cpu same-pingpong)") | $(met "$cp_x" 2 "<=") |"
+    echo "| cluster: pingpong across nodes ≥ 0.7× same node | $(ratio "$(rate cross-pingpong)" "$(rate same-pingpong)") | $(met "$pp_x" 0.7 ">=") |"
+    echo "| cluster: flood across nodes ≥ 0.5× same node | $(ratio "$(rate cross-flood)" "$(rate same-flood)") | $(met "$fl_x" 0.5 ">=") |"
+    echo "| cluster: group of $MEMBERS over 2 nodes ≥ 500,000 deliveries/s | $(rate s2-fanout) | $(met "$(rate s2-fanout)" 500000 ">=") |"
+    one_x=$(x "$(rate s2-fanout-one)" "$(rate s1-fanout)")
+    echo "| cluster: group all on one node of 2 ≥ 0.8× one node | $(ratio "$(rate s2-fanout-one)" "$(rate s1-fanout)") | $(met "$one_x" 0.8 ">=") |"
     lost=$(field integrity lost)
     echo "| integrity with every fault: 0 lost | ${lost:-–} | $(met "${lost:-1}" 0 "<=") |"
     echo
@@ -293,7 +433,7 @@ lat() { # lat LABEL NAME
     echo
     echo "| run | msg/s | p50 µs | p99 µs | CPU µs per message |"
     echo "|---|---:|---:|---:|---:|"
-    for n in cross-flood same-flood cross-pingpong; do
+    for n in cross-flood same-flood cross-pingpong same-pingpong; do
         echo "| $n | $(rate "$n") | $(field "$n" p50_us) | $(field "$n" p99_us) | $(cpu "$n") |"
     done
     echo
@@ -314,5 +454,7 @@ lat() { # lat LABEL NAME
     echo "(server RSS $(field idle server_rss_kib) KiB in all), $(awk -v l="$(field idle logins_per_s)" 'BEGIN { printf "%.0f", l }') registrations + logins per second"
     echo "with the password hash at 256 KiB / 1 pass (the default, 19 MiB / 2 passes, costs about 20 ms of"
     echo "one core per login and per registration)."
+    echo
+    cat "$dir/scaling.md"
 } >"$out"
 echo "bench.sh: wrote $out" >&2

@@ -19,6 +19,7 @@
 mod events;
 pub mod integrity;
 mod link;
+pub mod logins;
 pub mod relay;
 
 use std::io;

@@ -14,6 +14,9 @@ enum Kind {
     Idle,
     /// Serve the bare relay baseline on `--listen` (the transport without the chat).
     Relay,
+    /// One user with `--friends` friends (half of them online, on the nodes in turn) logs in
+    /// and out `--messages` times, on the nodes in turn; reports logins per second.
+    Logins,
     /// Check that every acknowledged message arrives once and in order while faults happen
     /// (`--users`, `--secs`, `--rate`, `--rst-every`, `--blackhole-every`); exits non-zero if any is lost.
     Integrity,
@@ -86,6 +89,9 @@ struct Args {
     /// (comma-separated): the nodes of a cluster, summed.
     #[arg(long, value_delimiter = ',')]
     pid: Vec<u32>,
+    /// logins: friends of the user who logs in and out.
+    #[arg(long, default_value_t = 100)]
+    friends: usize,
     /// integrity: users sending to random partners.
     #[arg(long, default_value_t = 20)]
     users: usize,
@@ -154,11 +160,14 @@ fn main() -> ExitCode {
     if matches!(args.scenario, Kind::Integrity) {
         return integrity(&args, addrs);
     }
+    if matches!(args.scenario, Kind::Logins) {
+        return logins(&args, addrs);
+    }
     let scenario = match args.scenario {
         Kind::Pingpong => Scenario::PingPong,
         Kind::Flood => Scenario::Flood { window: args.window.max(1) },
         Kind::Fanout => Scenario::Fanout { members: args.members, window: args.window.max(1) },
-        Kind::Idle | Kind::Relay | Kind::Integrity => unreachable!("handled above"),
+        Kind::Idle | Kind::Relay | Kind::Integrity | Kind::Logins => unreachable!("handled above"),
     };
     let target = match args.target {
         System::Chat => Target::Chat,
@@ -224,6 +233,36 @@ fn main() -> ExitCode {
         }
         if let Some(us) = cpu_us_per_msg {
             println!("server CPU: {us:.2} µs per message delivered");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn logins(args: &Args, addrs: Vec<String>) -> ExitCode {
+    use chat::bench::logins::{logins, LoginPlan};
+    let plan = LoginPlan { addrs, friends: args.friends, logins: args.messages };
+    let cpu_before = total(&args.pid, chat::bench::cpu_time);
+    let r = match logins(&plan) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chatbench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cpu = cpu_before.zip(total(&args.pid, chat::bench::cpu_time)).map(|(b, a)| a.saturating_sub(b));
+    let cpu_us_per_login = cpu.map(|c| c.as_secs_f64() * 1e6 / r.logins.max(1) as f64);
+    if args.json {
+        let mut v = serde_json::to_value(&r).unwrap_or_default();
+        v["scenario"] = "logins".into();
+        v["server_cpu_us_per_login"] = cpu_us_per_login.into();
+        println!("{v}");
+    } else {
+        println!(
+            "Logins: {} login + logout cycles with {} friends in {:.2} s = {:.0}/s; a cycle p50 {} µs, p99 {} µs",
+            r.logins, r.friends, r.seconds, r.logins_per_s, r.cycle_p50_us, r.cycle_p99_us
+        );
+        if let Some(us) = cpu_us_per_login {
+            println!("server CPU: {us:.0} µs per login");
         }
     }
     ExitCode::SUCCESS
