@@ -15,6 +15,17 @@ pub struct Config {
     pub pool_queue: usize,
     /// Largest request frame, in bytes of one JSON value.
     pub max_frame: usize,
+    /// Largest request frame of a connection not logged in.
+    pub max_frame_before_login: usize,
+    /// A connection not logged in for this long (since it opened or logged out) is closed;
+    /// zero never closes one.
+    pub login_timeout: Duration,
+    /// Most connections the node holds; more are reset at once. Zero: no limit but the
+    /// open-file limit.
+    pub max_connections: usize,
+    /// Most connections from one source address; zero: no limit (behind a proxy every
+    /// client has the proxy's address).
+    pub max_conns_per_ip: usize,
     /// Largest `msg` of a chat, in bytes.
     pub max_msg: usize,
     /// Largest outbound queue of one connection; a reader slower than that is cut off.
@@ -74,6 +85,10 @@ impl Default for Config {
             pool_threads: 2 * cores,
             pool_queue: 4096,
             max_frame: 64 * 1024,
+            max_frame_before_login: 8 * 1024,
+            login_timeout: Duration::from_secs(600),
+            max_connections: 0,
+            max_conns_per_ip: 0,
             max_msg: 16 * 1024,
             max_outbound: 4 * 1024 * 1024,
             mailbox_cap: 10_000,

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::bus::{Bus, BusError, Inbox};
 use crate::config::Config;
-use crate::net::{self, Acceptor, Limits, Loc, Msg, Router};
+use crate::net::{self, Acceptor, Admission, AdmissionLimits, Limits, Loc, Msg, Router};
 use crate::pool::Pool;
 use crate::service::{ChatHandler, Delivery, Event, LogHandle, MessageLog, Outlet as _, Service, Sweeper};
 use crate::store::Store;
@@ -36,7 +36,9 @@ impl Server {
         store: Box<dyn Store>,
         bus: Box<dyn Bus>,
     ) -> io::Result<Server> {
-        let acceptor = Acceptor::new(listener)?;
+        let admission =
+            AdmissionLimits { max_connections: config.max_connections, max_per_address: config.max_conns_per_ip };
+        let acceptor = Acceptor::new(listener, Admission::new(admission))?;
         let service = Arc::new(Service::new(store, bus, &config)?);
         Ok(Server { acceptor, config, service })
     }
@@ -55,7 +57,11 @@ impl Server {
         let (log, log_queue) = LogHandle::channel();
         let threads = self.config.threads.max(1);
         let (quiet_tx, quiet_rx) = crossbeam_channel::unbounded();
-        let limits = Limits { max_frame: self.config.max_frame, max_outbound: self.config.max_outbound };
+        let limits = Limits {
+            max_frame: self.config.max_frame,
+            max_frame_untrusted: self.config.max_frame_before_login.min(self.config.max_frame),
+            max_outbound: self.config.max_outbound,
+        };
         let net::Reactors { router, threads: joins } =
             net::start_reactors("reactor", threads, limits, Some(quiet_tx), |_, router| {
                 ChatHandler::new(self.service.clone(), router.clone(), pool.handle(), log.clone())

@@ -1,4 +1,5 @@
-//! Resource limits: the file-descriptor ceiling and the memory an idle session costs.
+//! Resource limits: the file-descriptor ceiling, the memory an idle session costs, and what a
+//! connection may do before it logs in, per address and per node.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, ServerProcess};
+use support::{Client, ServerProcess, TestServer};
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -96,4 +97,66 @@ fn idle_sessions_cost_little_memory() {
     let per_session = (support::rss_kib(server.child.id()).saturating_sub(before)) * 1024 / (SESSIONS - WARM_UP) as u64;
     eprintln!("idle sessions: {per_session} bytes of server RSS each");
     assert!(per_session < 8 * 1024, "{per_session} bytes per idle session");
+}
+
+/// Over `--max-conns-per-ip` a connection is reset at once, whatever it sends; other addresses
+/// are not affected, and a place comes back when a connection closes. `--max-connections`
+/// bounds the node.
+#[test]
+fn connections_over_the_per_address_and_node_limits_are_reset_at_once() {
+    let server = TestServer::start_with(|c| {
+        c.max_conns_per_ip = 3;
+        c.max_connections = 5;
+    });
+    let (two, three, four) = ([127, 0, 0, 2].into(), [127, 0, 0, 3].into(), [127, 0, 0, 4].into());
+    let mut held: Vec<Client> = (0..3).map(|_| Client::connect_from(server.addr, two)).collect();
+    let mut refused = Client::connect_from(server.addr, two);
+    assert!(refused.is_closed(), "a fourth connection from one address");
+    let mut alice = Client::connect_from(server.addr, three);
+    let ida = alice.register("alice", "pw");
+    alice.login_ok(ida, "pw");
+    assert_eq!(
+        alice.request(json!({"msgid":6,"toid":ida,"msg":"me","seq":1}))["errno"],
+        0,
+        "another address is served"
+    );
+    let _fifth = Client::connect_from(server.addr, three);
+    let mut over = Client::connect_from(server.addr, four);
+    assert!(over.is_closed(), "a sixth connection to the node");
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200)); // the reactor sees the close
+    let mut again = Client::connect_from(server.addr, two);
+    let id = again.register("bob", "pw");
+    again.login_ok(id, "pw");
+    for c in &mut held {
+        assert_eq!(c.request(json!({"msgid":4,"name":"","password":"x"}))["msgid"], 5, "held ones are served");
+    }
+}
+
+/// Before login a frame may be 8 KiB at most (errno 9, and the stream is rejected); after it,
+/// the full size. A connection that does not log in for `--login-timeout` is closed, counted
+/// again from a logout; a logged-in one is not.
+#[test]
+fn before_login_frames_are_small_and_the_wait_is_bounded() {
+    let server = TestServer::start_with(|c| c.login_timeout = Duration::from_secs(2));
+    let big = "x".repeat(9 * 1024);
+    let mut stranger = server.client();
+    let r = stranger.request(json!({"msgid":4,"name":big,"password":"pw"}));
+    assert_eq!(r["errno"], 9, "{r}");
+    assert!(stranger.is_closed());
+    let (mut alice, ida) = server.user("alice");
+    let r = alice.request(json!({"msgid":6,"toid":ida,"msg":big,"seq":1}));
+    assert_eq!(r["errno"], 0, "a logged-in frame of 9 KiB: {r}");
+    assert_eq!(alice.recv()["msg"].as_str().map(str::len), Some(big.len()));
+    let (mut bob, _) = server.user("bob");
+    let mut idle = server.client();
+    std::thread::sleep(Duration::from_millis(1500));
+    bob.logout();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(idle.is_closed(), "no login within the timeout");
+    assert_eq!(alice.request(json!({"msgid":6,"toid":ida,"msg":"still here","seq":2}))["errno"], 0);
+    assert_eq!(alice.recv()["msg"], "still here");
+    let mut bob = bob;
+    assert_eq!(bob.request(json!({"msgid":4,"name":"","password":"x"}))["msgid"], 5, "the clock restarted at logout");
+    assert!(bob.is_closed(), "then closed: logged out for the timeout");
 }

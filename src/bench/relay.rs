@@ -13,7 +13,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::net::{self, Acceptor, Handler, Io, Limits, Loc, Outbound, Router};
+use crate::net::{self, Acceptor, Admission, AdmissionLimits, Handler, Io, Limits, Loc, Outbound, Router};
 use crate::proto::codec::FrameError;
 use crate::proto::reply::{self, LoginData};
 use crate::proto::{peek, Errno, MsgId};
@@ -21,12 +21,12 @@ use crate::service::Presence;
 use crate::UserId;
 
 /// The server's defaults, so the relay's connections have the very same limits.
-const LIMITS: Limits = Limits { max_frame: 64 * 1024, max_outbound: 4 * 1024 * 1024 };
+const LIMITS: Limits = Limits { max_frame: 64 * 1024, max_frame_untrusted: 64 * 1024, max_outbound: 4 * 1024 * 1024 };
 
 /// Serves the relay protocol on `listener` with `threads` reactors, until the process ends.
 pub fn serve(listener: std::net::TcpListener, threads: usize) -> io::Result<()> {
     let shared = Arc::new(Shared { presence: Presence::default(), next_id: AtomicU32::new(1) });
-    let acceptor = Acceptor::new(listener)?;
+    let acceptor = Acceptor::new(listener, Admission::new(AdmissionLimits::default()))?;
     let reactors = net::start_reactors("relay", threads, LIMITS, None, |_, router| Relay {
         router: router.clone(),
         shared: shared.clone(),

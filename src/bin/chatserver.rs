@@ -62,6 +62,21 @@ struct Args {
     /// Days of history kept (msgid 14); older messages are deleted hourly. 0 keeps everything.
     #[arg(long, env = "CHAT_HISTORY_DAYS", default_value_t = 30)]
     history_days: u32,
+    /// Largest request frame before login, in bytes.
+    #[arg(long, env = "CHAT_MAX_FRAME_BEFORE_LOGIN", default_value_t = 8 * 1024)]
+    max_frame_before_login: usize,
+    /// Seconds a connection may stay without a login (since it opened or logged out) before it
+    /// is closed; 0 never closes one.
+    #[arg(long, env = "CHAT_LOGIN_TIMEOUT", default_value_t = 600)]
+    login_timeout: u64,
+    /// Most connections the node holds; further ones are reset at once. 0: only the open-file
+    /// limit.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 0)]
+    max_connections: usize,
+    /// Most connections from one source address; 0: no limit (behind a proxy such as nginx,
+    /// every client comes from the proxy's address).
+    #[arg(long, env = "CHAT_MAX_CONNS_PER_IP", default_value_t = 0)]
+    max_conns_per_ip: usize,
     /// How long shutdown waits, per phase, for work in flight and output to flush (ms).
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE_MS", default_value_t = 700)]
     shutdown_grace_ms: u64,
@@ -90,6 +105,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         threads: args.threads.unwrap_or(defaults.threads),
         pool_threads: args.pool_threads.unwrap_or(defaults.pool_threads),
         max_frame: args.max_frame,
+        max_frame_before_login: args.max_frame_before_login,
+        login_timeout: Duration::from_secs(args.login_timeout),
+        max_connections: args.max_connections,
+        max_conns_per_ip: args.max_conns_per_ip,
         max_msg: args.max_msg,
         max_outbound: args.max_outbound,
         mailbox_cap: args.mailbox_cap,

@@ -12,6 +12,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{SockRef, TcpKeepalive};
 
+use super::admission::{Admission, Refused};
 use super::router::{Msg, Router};
 
 const LISTENER: Token = Token(0);
@@ -25,6 +26,7 @@ pub(crate) struct Acceptor {
     listener: TcpListener,
     poll: Poll,
     stop: ShutdownHandle,
+    admission: Arc<Admission>,
 }
 
 /// Asks a running acceptor (and so its server) to stop. Any thread.
@@ -44,14 +46,14 @@ impl ShutdownHandle {
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
+    pub(crate) fn new(listener: std::net::TcpListener, admission: Arc<Admission>) -> io::Result<Acceptor> {
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = ShutdownHandle { stop: Arc::new(AtomicBool::new(false)), waker };
-        Ok(Acceptor { listener, poll, stop })
+        Ok(Acceptor { listener, poll, stop, admission })
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -76,6 +78,7 @@ impl Acceptor {
         // close one waiting client, which then sees a clean close instead of hanging.
         let mut spare = std::fs::File::open("/dev/null").ok();
         let mut backoff = None;
+        let mut refusals = Refusals::default();
         loop {
             if let Err(e) = self.poll.poll(&mut events, backoff) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -91,11 +94,19 @@ impl Acceptor {
             let mut warned = false;
             loop {
                 match self.listener.accept() {
-                    Ok((stream, _)) => {
-                        tune(&stream);
-                        router.control(next, Msg::NewConn(stream));
-                        next = (next + 1) % router.len().max(1);
-                    }
+                    Ok((stream, peer)) => match self.admission.admit(peer.ip()) {
+                        Ok(ticket) => {
+                            tune(&stream);
+                            router.control(next, Msg::NewConn(stream, ticket));
+                            next = (next + 1) % router.len().max(1);
+                        }
+                        Err(why) => {
+                            // Reset at once: no slot, no buffer, no time-wait on our side.
+                            let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                            drop(stream);
+                            refusals.count(why, peer);
+                        }
+                    },
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ENFILE | libc::EMFILE)) => {
@@ -137,6 +148,30 @@ impl Acceptor {
                 }
             }
         }
+    }
+}
+
+/// Refused connections, logged at most once a second with how many there were.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn count(&mut self, why: Refused, peer: SocketAddr) {
+        self.since_log += 1;
+        let now = std::time::Instant::now();
+        if self.logged_at.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return;
+        }
+        let what = match why {
+            Refused::NodeFull => "the node holds its most connections (--max-connections)",
+            Refused::AddressFull => "its address holds its most connections (--max-conns-per-ip)",
+        };
+        log::warn!("refused {} connection(s), the last from {peer}: {what}", self.since_log);
+        self.since_log = 0;
+        self.logged_at = Some(now);
     }
 }
 

@@ -180,10 +180,12 @@ pub(super) struct Conn<O> {
     pub(super) eof: bool,
     /// The handler wants to hear when the output queue is empty.
     pub(super) notify_flushed: bool,
+    /// Its place among the node's connections, given back when it is dropped.
+    _ticket: super::Ticket,
 }
 
 impl<O: Outbound> Conn<O> {
-    pub(super) fn new(stream: TcpStream, id: u64, max_frame: usize) -> Self {
+    pub(super) fn new(stream: TcpStream, id: u64, max_frame: usize, ticket: super::Ticket) -> Self {
         Conn {
             stream,
             id,
@@ -196,6 +198,7 @@ impl<O: Outbound> Conn<O> {
             readable: true,
             eof: false,
             notify_flushed: false,
+            _ticket: ticket,
         }
     }
 

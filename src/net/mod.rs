@@ -9,6 +9,7 @@
 //! due to look at its queue.
 
 mod acceptor;
+mod admission;
 mod conn;
 mod reactor;
 mod router;
@@ -18,6 +19,7 @@ use std::thread::JoinHandle;
 
 pub(crate) use acceptor::Acceptor;
 pub use acceptor::ShutdownHandle;
+pub(crate) use admission::{Admission, AdmissionLimits, Ticket};
 pub(crate) use conn::Outbound;
 pub(crate) use reactor::{Handler, Io, Limits, Reactor, ReactorSeed};
 pub use router::Loc;

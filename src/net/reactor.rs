@@ -23,6 +23,7 @@ use socket2::SockRef;
 
 use super::conn::{bytes_acked, Conn, Outbound, State};
 use super::router::{Loc, Msg, ReactorHandle};
+use super::Ticket;
 use crate::proto::codec::{Decoded, FrameError};
 
 const WAKER: Token = Token(usize::MAX);
@@ -44,8 +45,10 @@ const LINGER_LIMIT: usize = 1024 * 1024;
 /// What a reactor's connections may cost.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    /// Largest frame (one JSON value), in bytes.
+    /// Largest frame (one JSON value), in bytes, once the handler trusts the connection.
     pub max_frame: usize,
+    /// Largest frame before that (a chat connection before its login).
+    pub max_frame_untrusted: usize,
     /// Largest output queue behind the item being written; a slower reader is closed.
     pub max_outbound: usize,
 }
@@ -64,6 +67,9 @@ pub(crate) trait Io<H: Handler> {
     fn notify_flushed(&mut self, at: Loc);
     /// Holds `at`'s further frames (already read or not) until [`Io::resume`].
     fn pause(&mut self, at: Loc);
+    /// Frames of `at` may be as large as [`Limits::max_frame`] (`true`, e.g. once logged in),
+    /// or only [`Limits::max_frame_untrusted`] (as every connection starts).
+    fn trust(&mut self, at: Loc, trusted: bool);
     fn resume(&mut self, at: Loc);
     /// Closes `at` now; returns its output that was never (fully) written.
     fn close(&mut self, at: Loc, why: &str) -> Vec<H::Out>;
@@ -281,7 +287,7 @@ impl<H: Handler> Reactor<H> {
                 },
             };
             match msg {
-                Msg::NewConn(stream) => self.accept(stream),
+                Msg::NewConn(stream, ticket) => self.accept(stream, ticket),
                 Msg::App(m) => self.handler.on_message(&mut self.io, m),
                 Msg::Quiesce => {
                     if self.io.phase == Phase::Running {
@@ -297,7 +303,7 @@ impl<H: Handler> Reactor<H> {
         true
     }
 
-    fn accept(&mut self, mut stream: TcpStream) {
+    fn accept(&mut self, mut stream: TcpStream, ticket: Ticket) {
         if self.io.phase != Phase::Running {
             return; // dropped: the node is shutting down
         }
@@ -311,7 +317,7 @@ impl<H: Handler> Reactor<H> {
         self.io.next_conn_id += 1;
         let id = self.io.next_conn_id;
         log::debug!("conn {}.{id}: open", self.io.idx);
-        entry.insert(Conn::new(stream, id, self.io.limits.max_frame));
+        entry.insert(Conn::new(stream, id, self.io.limits.max_frame_untrusted, ticket));
         let at = Loc { reactor: self.io.idx, token: key, conn: id };
         self.handler.on_open(&mut self.io, at);
         // Edge-triggered: bytes that came before registration raise no event; look now.
@@ -573,6 +579,13 @@ impl<H: Handler> Io<H> for Transport<H> {
     fn pause(&mut self, at: Loc) {
         if let Some(conn) = self.conn_mut(at) {
             conn.paused = true;
+        }
+    }
+
+    fn trust(&mut self, at: Loc, trusted: bool) {
+        let max = if trusted { self.limits.max_frame } else { self.limits.max_frame_untrusted };
+        if let Some(conn) = self.conn_mut(at) {
+            conn.decoder.set_max_frame(max);
         }
     }
 

@@ -22,7 +22,7 @@ pub struct Loc {
 #[derive(Debug)]
 pub(crate) enum Msg<M> {
     /// A socket from the acceptor, to register with this reactor's `Poll`.
-    NewConn(TcpStream),
+    NewConn(TcpStream, super::Ticket),
     /// For the handler.
     App(M),
     /// Shutdown, phase 1: read no more; report once the handler has nothing in flight.

@@ -65,6 +65,11 @@ impl Decoder {
         Decoder { max_frame, kind: Kind::Between, pos: 0, start: 0, depth: 0, in_string: false, escaped: false }
     }
 
+    /// A new cap for frames; the frame being scanned counts against it too.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Scans `buf`, which must begin with the bytes given to the previous call minus what that call
     /// let the caller consume or discard.
     pub fn decode(&mut self, buf: &[u8]) -> Result<Decoded, FrameError> {

@@ -162,6 +162,7 @@ impl ChatHandler {
         }
         self.apply_effects(io, at);
         if let Some(user) = ended {
+            io.trust(at, false);
             let released = job.as_ref().is_some_and(|j| matches!(j.kind, JobKind::Logout { .. }));
             self.end_session(io, at, user, Vec::new(), released);
         }
@@ -669,6 +670,7 @@ impl ChatHandler {
                 match io.send(at, Out::LoginAck { user: id, bytes, offline: data.offline }) {
                     Ok(()) => {
                         session.state = SessionState::Live(User { id, name });
+                        io.trust(at, true);
                         session.streaming = more;
                         if acks {
                             // What waits follows the ack, as ordinary deliveries.
@@ -852,7 +854,24 @@ impl Handler for ChatHandler {
     /// user online (errno 2 at the next login) until TCP keepalive, if ever, noticed. What
     /// such a session did not acknowledge waits in the mailbox for the next login.
     fn on_tick(&mut self, io: &mut impl Io<Self>) {
-        let (now, timeout) = (Instant::now(), self.service.ack_timeout());
+        let (now, login_timeout) = (Instant::now(), self.service.login_timeout());
+        let mut idle = Vec::new();
+        for s in self.sessions.iter_mut() {
+            match (&s.state, s.anonymous_since) {
+                (SessionState::Anonymous, None) => s.anonymous_since = Some(now), // logged out
+                (SessionState::Anonymous, Some(t)) if !login_timeout.is_zero() && now - t >= login_timeout => {
+                    idle.push(s.at)
+                }
+                (SessionState::Anonymous, Some(_)) => {}
+                (_, _) => s.anonymous_since = None,
+            }
+        }
+        for at in idle {
+            log::debug!("conn {}.{}: no login for {login_timeout:?}; closing", at.reactor, at.conn);
+            let unsent = io.close(at, "no login");
+            self.closed(io, at, unsent);
+        }
+        let timeout = self.service.ack_timeout();
         let stalled: Vec<Loc> = self
             .sessions
             .iter()

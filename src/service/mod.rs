@@ -62,6 +62,7 @@ pub(crate) struct Service {
     mailbox_cap: usize,
     window: usize,
     ack_timeout: Duration,
+    login_timeout: Duration,
     clock: Clock,
     /// Users whose bus claim could not be released when their session ended here (the bus was
     /// unreachable): tried again after the next release or login that reaches the bus.
@@ -283,6 +284,7 @@ impl Service {
             mailbox_cap: config.mailbox_cap,
             window: config.window.max(1),
             ack_timeout: config.ack_timeout,
+            login_timeout: config.login_timeout,
             clock: config.clock.clone(),
             unreleased: parking_lot::Mutex::new(Vec::new()),
         })
@@ -302,6 +304,10 @@ impl Service {
 
     pub(crate) fn ack_timeout(&self) -> Duration {
         self.ack_timeout
+    }
+
+    pub(crate) fn login_timeout(&self) -> Duration {
+        self.login_timeout
     }
 
     pub(crate) fn store(&self) -> Arc<dyn Store> {

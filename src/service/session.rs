@@ -82,6 +82,8 @@ pub(super) struct Session {
     /// Chats of this connection on their way to other nodes (or stored instead). At
     /// `MAX_ROUTING` the connection is paused, as for the log.
     pub routing: usize,
+    /// Since when the connection has had no login (see the login timeout); kept by the tick.
+    pub anonymous_since: Option<std::time::Instant>,
     /// A job that waits for this connection's chats to other nodes to be settled (`job` is set).
     pub waiting_job: Option<Job>,
     /// Acknowledged delivery, when the login asked for it.
@@ -203,6 +205,7 @@ impl Session {
             deferred: None,
             replies: VecDeque::new(),
             routing: 0,
+            anonymous_since: Some(std::time::Instant::now()),
             waiting_job: None,
             acks: None,
         }
@@ -231,6 +234,10 @@ impl Sessions {
     /// Every session, for the periodic look at them.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Session> {
         self.slots.iter().flatten()
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.slots.iter_mut().flatten()
     }
 
     pub(super) fn remove(&mut self, at: Loc) -> Option<Session> {

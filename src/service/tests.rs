@@ -67,6 +67,8 @@ impl Io<ChatHandler> for FakeIo {
         }
     }
 
+    fn trust(&mut self, _at: Loc, _trusted: bool) {}
+
     fn pause(&mut self, at: Loc) {
         if let Some(c) = self.conns.get_mut(&at) {
             c.paused = true;

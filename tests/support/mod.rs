@@ -181,7 +181,18 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
+        Self::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// Connected from the loopback address `source` (e.g. 127.0.0.2): a client of its own.
+    pub fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        Self::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
