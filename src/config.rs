@@ -26,6 +26,8 @@ pub struct Config {
     /// Most connections from one source address; zero: no limit (behind a proxy every
     /// client has the proxy's address).
     pub max_conns_per_ip: usize,
+    /// Failed logins and registrations allowed before errno 14 (see `service/throttle.rs`).
+    pub throttle: ThrottleLimits,
     /// Largest `msg` of a chat, in bytes.
     pub max_msg: usize,
     /// Largest outbound queue of one connection; a reader slower than that is cut off.
@@ -48,6 +50,19 @@ pub struct Config {
     /// How often stored messages of live users are looked for, in case their notification
     /// was lost; such a message arrives within about two periods.
     pub sweep_every: Duration,
+}
+
+/// Failed logins (counted over 10 minutes, then refused for 15) and registrations (counted
+/// over an hour, then refused for one) allowed before errno 14; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottleLimits {
+    /// Failed logins of one account.
+    pub login_failures: u32,
+    /// Failed logins from one source address (off by default: behind a proxy every client
+    /// has the proxy's address).
+    pub login_failures_per_ip: u32,
+    /// Registrations from one source address.
+    pub registrations_per_ip: u32,
 }
 
 /// Argon2id cost parameters.
@@ -89,6 +104,7 @@ impl Default for Config {
             login_timeout: Duration::from_secs(600),
             max_connections: 0,
             max_conns_per_ip: 0,
+            throttle: ThrottleLimits { login_failures: 20, login_failures_per_ip: 0, registrations_per_ip: 0 },
             max_msg: 16 * 1024,
             max_outbound: 4 * 1024 * 1024,
             mailbox_cap: 10_000,

@@ -24,12 +24,22 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// With more flags for every node.
+    fn start_with(n: usize, flags: &[&str]) -> Cluster {
         let redis = RedisServer::start();
         let store = MariaDb::shared().fresh_database();
         let names: Vec<String> = (0..n).map(|i| format!("{}-n{i}", redis.port)).collect();
         let nodes = names
             .iter()
-            .map(|name| ServerProcess::spawn(&store, &["--bus", &redis.url(), "--node-id", name]))
+            .map(|name| {
+                let url = redis.url();
+                let mut args = vec!["--bus", &url, "--node-id", name];
+                args.extend_from_slice(flags);
+                ServerProcess::spawn(&store, &args)
+            })
             .collect();
         Cluster { nodes, names, redis }
     }
@@ -188,6 +198,22 @@ fn streamed_group_messages_keep_their_order_while_members_join() {
         .map(|m| m["msg"].as_str().and_then(|s| s.parse().ok()).expect("a number"))
         .collect();
     assert_eq!(stored, (0..MESSAGES).collect::<Vec<_>>());
+}
+
+/// Failed logins count cluster-wide: a guesser spreading its attempts over two nodes is
+/// refused (errno 14) on both once they add up to the limit.
+#[test]
+fn failed_logins_spread_over_nodes_add_up() {
+    let cluster = Cluster::start_with(2, &["--login-failures", "4"]);
+    let id = Client::connect(cluster.addr(0)).register("target", "pw");
+    for n in 0..4 {
+        let r = Client::connect(cluster.addr(n % 2)).request(json!({"msgid":1,"id":id,"password":"guess"}));
+        assert_eq!(r["errno"], 1, "{r}");
+    }
+    for node in 0..2 {
+        let r = Client::connect(cluster.addr(node)).request(json!({"msgid":1,"id":id,"password":"pw"}));
+        assert_eq!((r["errno"].clone(), r["retry_after"].is_u64()), (json!(14), true), "node {node}: {r}");
+    }
 }
 
 /// Bob hops between two nodes while four users on a third stream messages to him. A message

@@ -160,3 +160,47 @@ fn before_login_frames_are_small_and_the_wait_is_bounded() {
     assert_eq!(bob.request(json!({"msgid":4,"name":"","password":"x"}))["msgid"], 5, "the clock restarted at logout");
     assert!(bob.is_closed(), "then closed: logged out for the timeout");
 }
+
+/// Failed logins of one account, past `--login-failures`, are refused with errno 14 and when to
+/// retry, even with the right password (the hash is not computed); other accounts are not
+/// affected, and a success before the limit starts the count again. Per address, over
+/// `--login-failures-per-ip`, and registrations over `--registrations-per-ip`, likewise.
+#[test]
+fn failed_logins_and_registrations_past_their_limits_get_errno_14() {
+    let server = TestServer::start_with(|c| {
+        c.throttle =
+            chat::config::ThrottleLimits { login_failures: 4, login_failures_per_ip: 8, registrations_per_ip: 5 };
+    });
+    let (two, three) = ([127, 0, 0, 2].into(), [127, 0, 0, 3].into());
+    let mut c = Client::connect_from(server.addr, three);
+    let (alice, bob) = (c.register("alice", "pw"), c.register("bob", "pw"));
+    let mut guess = |who: u32, password: &str| {
+        let mut g = Client::connect_from(server.addr, two);
+        g.request(json!({"msgid":1,"id":who,"password":password}))
+    };
+    for _ in 0..3 {
+        assert_eq!(guess(alice, "wrong")["errno"], 1);
+    }
+    assert_eq!(guess(alice, "pw")["errno"], 0, "under the limit");
+    for _ in 0..3 {
+        assert_eq!(guess(alice, "wrong")["errno"], 1, "the success started the count again");
+    }
+    assert_eq!(guess(alice, "wrong")["errno"], 1, "the fourth failure");
+    let r = guess(alice, "pw");
+    assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(2), json!(14)), "{r}");
+    let retry = r["retry_after"].as_u64().expect("retry_after");
+    assert!((890..=900).contains(&retry), "{r}");
+    // That address has failed 7 times in all; the eighth reaches its own limit: every account.
+    assert_eq!(guess(bob, "wrong")["errno"], 1);
+    assert_eq!(guess(bob, "pw")["errno"], 14, "the address is blocked");
+    let mut from_three = Client::connect_from(server.addr, three);
+    assert_eq!(from_three.request(json!({"msgid":1,"id":bob,"password":"pw"}))["errno"], 0, "another address");
+    // Registrations: two above from 127.0.0.3, three more are allowed, then errno 14.
+    for i in 0..3 {
+        assert_eq!(c.request(json!({"msgid":4,"name":format!("u{i}"),"password":"pw"}))["errno"], 0);
+    }
+    let r = c.request(json!({"msgid":4,"name":"one-too-many","password":"pw"}));
+    assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(5), json!(14)), "{r}");
+    let mut other = Client::connect_from(server.addr, two);
+    assert_eq!(other.request(json!({"msgid":4,"name":"from-two","password":"pw"}))["errno"], 0);
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use chat::bus::{Bus, LocalBus, RedisBus};
-use chat::config::HashCost;
+use chat::config::{HashCost, ThrottleLimits};
 use chat::{Config, Server};
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -77,6 +77,18 @@ struct Args {
     /// every client comes from the proxy's address).
     #[arg(long, env = "CHAT_MAX_CONNS_PER_IP", default_value_t = 0)]
     max_conns_per_ip: usize,
+    /// Failed logins of one account within 10 minutes before its logins get errno 14 for 15
+    /// minutes (no hash computed); 0: no limit.
+    #[arg(long, env = "CHAT_LOGIN_FAILURES", default_value_t = 20)]
+    login_failures: u32,
+    /// As `--login-failures`, for one source address; 0: no limit (behind a proxy every client
+    /// comes from the proxy's address).
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_IP", default_value_t = 0)]
+    login_failures_per_ip: u32,
+    /// Registrations from one source address within an hour before errno 14 for an hour; 0: no
+    /// limit.
+    #[arg(long, env = "CHAT_REGISTRATIONS_PER_IP", default_value_t = 0)]
+    registrations_per_ip: u32,
     /// How long shutdown waits, per phase, for work in flight and output to flush (ms).
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE_MS", default_value_t = 700)]
     shutdown_grace_ms: u64,
@@ -109,6 +121,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         login_timeout: Duration::from_secs(args.login_timeout),
         max_connections: args.max_connections,
         max_conns_per_ip: args.max_conns_per_ip,
+        throttle: ThrottleLimits {
+            login_failures: args.login_failures,
+            login_failures_per_ip: args.login_failures_per_ip,
+            registrations_per_ip: args.registrations_per_ip,
+        },
         max_msg: args.max_msg,
         max_outbound: args.max_outbound,
         mailbox_cap: args.mailbox_cap,

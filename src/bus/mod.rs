@@ -81,6 +81,16 @@ pub struct GroupSend<'a> {
     pub msg: &'a str,
 }
 
+/// A count of attempts (failed logins, registrations) under `key`: `limit` of them within
+/// `window` block the key for `block`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRule {
+    pub key: String,
+    pub limit: u32,
+    pub window: std::time::Duration,
+    pub block: std::time::Duration,
+}
+
 /// What became of a group message handed to [`Bus::route_groups`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum GroupRouting {
@@ -138,6 +148,19 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// routing per message, up to and including the first whose version is stale: that one
     /// and those after it are not sent (and not answered).
     fn route_groups(&self, sends: &[GroupSend<'_>]) -> Result<Vec<GroupRouting>, BusError>;
+    /// How long the longest block among `rules`' keys lasts still, cluster-wide (a bus that
+    /// keeps no counts: none).
+    fn attempts_blocked(&self, _rules: &[AttemptRule]) -> Result<Option<std::time::Duration>, BusError> {
+        Ok(None)
+    }
+    /// Counts one attempt under each rule, cluster-wide.
+    fn count_attempt(&self, _rules: &[AttemptRule]) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// Starts `key`'s count again (its block, if any, stays).
+    fn clear_attempts(&self, _key: &str) -> Result<(), BusError> {
+        Ok(())
+    }
     /// Whether this node is the only one: then every change to the data passes through it, and
     /// it may cache what it read (group members) without hearing from other nodes.
     fn sole_node(&self) -> bool {

@@ -15,6 +15,8 @@
 //! - A node that stored a message for a user live on another node publishes the user id alone
 //!   to that node's channel: the session there fetches its mailbox again (`poke`).
 //! - A login asks for the states of all its friends and group members in one `MGET`.
+//! - Failed logins and registrations are counted under `attempts:{what}:{who}` (expiring with
+//!   their window); one at its limit turns into `block:attempts:…`, expiring with the block.
 //! - `group:{id}` holds the version of a group's member list: a random number set by the node
 //!   that changed the members (none: 0, so a Redis that lost it invalidates every cached list).
 //!   Group messages go many to a script call: for each, in order, it checks the version its
@@ -33,7 +35,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Script};
 
-use super::{Bus, BusError, GroupRouting, GroupSend, Inbox, Routing};
+use super::{AttemptRule, Bus, BusError, GroupRouting, GroupSend, Inbox, Routing};
 use crate::net::Loc;
 use crate::{GroupId, UserId};
 
@@ -111,6 +113,26 @@ while a <= #ARGV do
   k, a = k + 1 + 2 * n, a + 3 + n
 end
 return out";
+/// KEYS: attempt counters. ARGV: limit, window and block (ms) of each. Counts one attempt on
+/// each; a counter at its limit becomes a block (`block:{key}`) and starts again.
+const COUNT: &str = r"
+for i = 1, #KEYS do
+  local n = redis.call('INCR', KEYS[i])
+  if n == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[3 * i - 1]) end
+  if n >= tonumber(ARGV[3 * i - 2]) then
+    redis.call('SET', 'block:' .. KEYS[i], '1', 'PX', ARGV[3 * i])
+    redis.call('DEL', KEYS[i])
+  end
+end
+return 0";
+/// KEYS: attempt counters. Returns the longest time left on their blocks, in ms (0: none).
+const BLOCKED: &str = r"
+local longest = 0
+for i = 1, #KEYS do
+  local left = redis.call('PTTL', 'block:' .. KEYS[i])
+  if left > longest then longest = left end
+end
+return longest";
 /// A node channel's payload is `{user} {message}`, or `{user}` alone: fetch the mailbox.
 const POKE: &str = r"
 local owner = redis.call('GET', KEYS[1])
@@ -119,6 +141,10 @@ return 0";
 
 fn presence_key(user: UserId) -> String {
     format!("online:{user}")
+}
+
+fn attempts_key(key: &str) -> String {
+    format!("attempts:{key}")
 }
 
 fn group_key(group: GroupId) -> String {
@@ -142,7 +168,7 @@ pub struct RedisBus {
     node: String,
     /// Idle command connections, reused across pool threads.
     idle: Mutex<Vec<Connection>>,
-    scripts: [Script; 6],
+    scripts: [Script; 8],
     stop: Arc<AtomicBool>,
     subscriber: Mutex<Option<JoinHandle<()>>>,
     /// Routes queued for the publisher thread, which pipelines them.
@@ -311,6 +337,8 @@ impl RedisBus {
                 Script::new(ROUTE),
                 Script::new(POKE),
                 Script::new(GROUPS),
+                Script::new(COUNT),
+                Script::new(BLOCKED),
             ],
             stop: Arc::new(AtomicBool::new(false)),
             subscriber: Mutex::new(None),
@@ -456,6 +484,36 @@ impl Bus for RedisBus {
             }
         }
         Ok(routed)
+    }
+
+    fn attempts_blocked(&self, rules: &[AttemptRule]) -> Result<Option<Duration>, BusError> {
+        let left: i64 = self.with(|c| {
+            let mut call = self.scripts[7].prepare_invoke();
+            for r in rules {
+                call.key(attempts_key(&r.key));
+            }
+            call.invoke(c)
+        })?;
+        Ok((left > 0).then(|| Duration::from_millis(left as u64)))
+    }
+
+    fn count_attempt(&self, rules: &[AttemptRule]) -> Result<(), BusError> {
+        self.with(|c| {
+            let mut call = self.scripts[6].prepare_invoke();
+            for r in rules {
+                call.key(attempts_key(&r.key))
+                    .arg(r.limit)
+                    .arg(r.window.as_millis() as u64)
+                    .arg(r.block.as_millis() as u64);
+            }
+            call.invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn clear_attempts(&self, key: &str) -> Result<(), BusError> {
+        self.with(|c| redis::cmd("DEL").arg(attempts_key(key)).query::<i64>(c))?;
+        Ok(())
     }
 
     fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {

@@ -38,8 +38,16 @@ pub(crate) enum Refused {
 #[derive(Debug)]
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
+    peer: IpAddr,
     /// Counted per address (only while that limit is on).
     address: Option<IpAddr>,
+}
+
+impl Ticket {
+    /// The client's address.
+    pub(crate) fn peer(&self) -> IpAddr {
+        self.peer
+    }
 }
 
 impl Admission {
@@ -53,6 +61,7 @@ impl Admission {
         if max_connections > 0 && counts.total >= max_connections {
             return Err(Refused::NodeFull);
         }
+        let peer = address;
         let address = (max_per_address > 0).then_some(address);
         if let Some(a) = address {
             let n = counts.per_address.entry(a).or_default();
@@ -62,7 +71,7 @@ impl Admission {
             *n += 1;
         }
         counts.total += 1;
-        Ok(Ticket { admission: self.clone(), address })
+        Ok(Ticket { admission: self.clone(), peer, address })
     }
 
     /// Connections held now.

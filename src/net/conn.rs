@@ -180,8 +180,9 @@ pub(super) struct Conn<O> {
     pub(super) eof: bool,
     /// The handler wants to hear when the output queue is empty.
     pub(super) notify_flushed: bool,
-    /// Its place among the node's connections, given back when it is dropped.
-    _ticket: super::Ticket,
+    /// Its place among the node's connections, given back when it is dropped (and the
+    /// client's address).
+    pub(super) ticket: super::Ticket,
 }
 
 impl<O: Outbound> Conn<O> {
@@ -198,7 +199,7 @@ impl<O: Outbound> Conn<O> {
             readable: true,
             eof: false,
             notify_flushed: false,
-            _ticket: ticket,
+            ticket,
         }
     }
 

@@ -70,6 +70,8 @@ pub(crate) trait Io<H: Handler> {
     /// Frames of `at` may be as large as [`Limits::max_frame`] (`true`, e.g. once logged in),
     /// or only [`Limits::max_frame_untrusted`] (as every connection starts).
     fn trust(&mut self, at: Loc, trusted: bool);
+    /// The client's address.
+    fn peer(&self, at: Loc) -> Option<std::net::IpAddr>;
     fn resume(&mut self, at: Loc);
     /// Closes `at` now; returns its output that was never (fully) written.
     fn close(&mut self, at: Loc, why: &str) -> Vec<H::Out>;
@@ -580,6 +582,10 @@ impl<H: Handler> Io<H> for Transport<H> {
         if let Some(conn) = self.conn_mut(at) {
             conn.paused = true;
         }
+    }
+
+    fn peer(&self, at: Loc) -> Option<std::net::IpAddr> {
+        self.conns.get(at.token).filter(|c| c.id == at.conn).map(|c| c.ticket.peer())
     }
 
     fn trust(&mut self, at: Loc, trusted: bool) {

@@ -15,6 +15,8 @@ pub enum Errno {
     Unavailable = 10,
     Forbidden = 11,
     MailboxFull = 12,
+    /// Too many failed logins or registrations; the reply says when to retry.
+    TooManyAttempts = 14,
 }
 
 impl Errno {
@@ -39,6 +41,7 @@ impl Errno {
             Errno::Unavailable => "server unavailable, retry later",
             Errno::Forbidden => "forbidden: id is not the logged-in user",
             Errno::MailboxFull => "recipient's offline mailbox is full",
+            Errno::TooManyAttempts => "too many attempts, retry later",
         }
     }
 }

@@ -50,6 +50,8 @@ struct Ack<'a> {
     more: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     full: Option<&'a [UserId]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }
 
 impl Ack<'_> {
@@ -67,12 +69,17 @@ impl Ack<'_> {
             messages: None,
             more: None,
             full: None,
+            retry_after: None,
         }
     }
 }
 
 /// An error answer to request `req`: login and register use their own ack ids, others `ACK_MSG`.
 pub fn error(req: Option<i64>, seq: Option<&Value>, errno: Errno, errmsg: &str) -> Vec<u8> {
+    encode(&error_ack(req, seq, errno, errmsg))
+}
+
+fn error_ack<'a>(req: Option<i64>, seq: Option<&'a Value>, errno: Errno, errmsg: &'a str) -> Ack<'a> {
     let answered = req.and_then(|n| MsgId::from_code(u64::try_from(n).ok()?));
     let mut ack = match answered {
         Some(MsgId::Login) => Ack::new(MsgId::LoginAck, errno),
@@ -81,6 +88,13 @@ pub fn error(req: Option<i64>, seq: Option<&Value>, errno: Errno, errmsg: &str) 
     };
     ack.seq = seq;
     ack.errmsg = Some(errmsg);
+    ack
+}
+
+/// Errno 14 to request `req` (in its own ack id, as `error`): retry after `retry_after` seconds.
+pub fn throttled(req: Option<i64>, seq: Option<&Value>, retry_after: u64) -> Vec<u8> {
+    let mut ack = error_ack(req, seq, Errno::TooManyAttempts, Errno::TooManyAttempts.message());
+    ack.retry_after = Some(retry_after);
     encode(&ack)
 }
 

@@ -52,10 +52,10 @@ impl Service {
                     }
                     Request::Login { id, password, acks } => {
                         *session = SessionState::LoggingIn(id);
-                        fx.job = Some(Job { seq, kind: JobKind::Login { id, password, acks } });
+                        fx.job = Some(Job { seq, kind: JobKind::Login { id, password, acks, from: None } });
                     }
                     Request::Register { name, password } => {
-                        fx.job = Some(Job { seq, kind: JobKind::Register { name, password } });
+                        fx.job = Some(Job { seq, kind: JobKind::Register { name, password, from: None } });
                     }
                     // Unreachable: anonymous requests are exactly login and register.
                     _ => fail(fx, Errno::NotLoggedIn, Errno::NotLoggedIn.message()),
@@ -74,7 +74,7 @@ impl Service {
         };
         let kind = match req {
             Request::Login { .. } => return fail(fx, Errno::AlreadyOnline, Errno::AlreadyOnline.message()),
-            Request::Register { name, password } => JobKind::Register { name, password },
+            Request::Register { name, password } => JobKind::Register { name, password, from: None },
             Request::Logout { .. } => {
                 *session = SessionState::Anonymous;
                 fx.ended = Some(me.id);

@@ -121,20 +121,48 @@ impl Service {
             }
             Ok(error(errno, errno.message()))
         };
+        // Errno 14: retry after the wait, in whole seconds (at least one).
+        let throttled = |wait: std::time::Duration| Outcome {
+            reply: req.map(|r| {
+                reply::throttled(Some(r.code().into()), seq.as_ref(), wait.as_secs_f64().ceil().max(1.0) as u64)
+            }),
+            effect: Effect::None,
+        };
         let result: Result<Outcome, Unavailable> = (|| {
             Ok(match job.kind {
-                JobKind::Login { id, password, acks } => match self.login(id, &password, here, acks)? {
-                    Ok((data, more)) => {
-                        self.retry_releases(outlet); // the bus answered the claim
-                        let bytes = reply::login_ok(&data, seq.as_ref());
-                        Outcome { reply: None, effect: Effect::LoggedIn { data, bytes, more } }
+                JobKind::Login { id, password, acks, from } => {
+                    // Refused before the hash is computed: a guesser costs no argon2id.
+                    if let Some(wait) = self.throttle.login_blocked(&*self.bus, id, from)? {
+                        return Ok(throttled(wait));
                     }
-                    Err(errno) => error(errno, errno.message()),
-                },
-                JobKind::Register { name, password } => {
+                    match self.login(id, &password, here, acks)? {
+                        Ok((data, more)) => {
+                            self.retry_releases(outlet); // the bus answered the claim
+                            if let Err(e) = self.throttle.login_succeeded(&*self.bus, id) {
+                                log::warn!("user {id}: failed logins not reset: {e}");
+                            }
+                            let bytes = reply::login_ok(&data, seq.as_ref());
+                            Outcome { reply: None, effect: Effect::LoggedIn { data, bytes, more } }
+                        }
+                        Err(Errno::Credentials) => {
+                            self.throttle.login_failed(&*self.bus, id, from)?;
+                            error(Errno::Credentials, Errno::Credentials.message())
+                        }
+                        Err(errno) => error(errno, errno.message()),
+                    }
+                }
+                JobKind::Register { name, password, from } => {
+                    if let Some(wait) = self.throttle.register_blocked(&*self.bus, from)? {
+                        return Ok(throttled(wait));
+                    }
                     let hash = self.hasher.hash(&password)?;
                     match self.store.create_user(&name, &hash)? {
-                        Some(id) => Outcome { reply: Some(reply::registered(id, seq.as_ref())), effect: Effect::None },
+                        Some(id) => {
+                            if let Err(e) = self.throttle.registered(&*self.bus, from) {
+                                log::warn!("registration from {from:?} not counted: {e}");
+                            }
+                            Outcome { reply: Some(reply::registered(id, seq.as_ref())), effect: Effect::None }
+                        }
                         None => error(Errno::Credentials, "name is already taken"),
                     }
                 }

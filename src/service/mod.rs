@@ -18,6 +18,7 @@ mod presence;
 mod routes;
 mod session;
 mod sweep;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,7 @@ pub(crate) struct Service {
     /// Group members in memory (see `groups.rs`).
     groups: groups::GroupCache,
     hasher: Hasher,
+    throttle: throttle::Throttle,
     limits: Limits,
     mailbox_cap: usize,
     window: usize,
@@ -126,14 +128,17 @@ pub(crate) struct GroupChat {
 
 #[derive(Debug)]
 pub(crate) enum JobKind {
+    /// `from`: the client's address (filled in by the reactor, which knows the connection).
     Login {
         id: UserId,
         password: String,
         acks: bool,
+        from: Option<std::net::IpAddr>,
     },
     Register {
         name: String,
         password: String,
+        from: Option<std::net::IpAddr>,
     },
     /// A logged one-to-one message whose recipient is not live on this node.
     Chat {
@@ -277,6 +282,7 @@ impl Service {
             mailboxes,
             store,
             groups: groups::GroupCache::new((!bus.sole_node()).then_some(GROUP_MAX_AGE)),
+            throttle: throttle::Throttle::new(config.throttle, bus.sole_node()),
             bus,
             presence,
             hasher: Hasher::new(config.hash).map_err(std::io::Error::other)?,

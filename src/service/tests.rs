@@ -69,6 +69,10 @@ impl Io<ChatHandler> for FakeIo {
 
     fn trust(&mut self, _at: Loc, _trusted: bool) {}
 
+    fn peer(&self, _at: Loc) -> Option<std::net::IpAddr> {
+        None
+    }
+
     fn pause(&mut self, at: Loc) {
         if let Some(c) = self.conns.get_mut(&at) {
             c.paused = true;
