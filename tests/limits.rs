@@ -174,7 +174,7 @@ fn failed_logins_and_registrations_past_their_limits_get_errno_14() {
     let (two, three) = ([127, 0, 0, 2].into(), [127, 0, 0, 3].into());
     let mut c = Client::connect_from(server.addr, three);
     let (alice, bob) = (c.register("alice", "pw"), c.register("bob", "pw"));
-    let mut guess = |who: u32, password: &str| {
+    let guess = |who: u32, password: &str| {
         let mut g = Client::connect_from(server.addr, two);
         g.request(json!({"msgid":1,"id":who,"password":password}))
     };
