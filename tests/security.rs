@@ -144,3 +144,26 @@ fn the_dispatcher_survives_what_the_fuzzer_found_interesting() {
         assert!(r["msgid"].is_u64(), "{v} -> {r}");
     }
 }
+
+/// After the hash cost changes, an account made with the old cost still logs in, and its
+/// stored hash is made again with the new cost at that login (so old costs die out).
+#[test]
+fn a_hash_made_with_an_older_cost_is_upgraded_at_the_next_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = support::fresh_store(dir.path());
+    let old = chat::config::HashCost { memory_kib: 512, iterations: 2 };
+    let mut first = TestServer::start_on(&store, |c| c.hash = old);
+    let id = first.client().register("carol", "pw");
+    first.stop();
+    drop(first);
+    let cost = |s: &TestServer| s.sql_strings(&format!("SELECT password FROM User WHERE id = {id}")).remove(0);
+    let second = TestServer::start_on(&store, |_| {});
+    assert!(cost(&second).contains("m=512,t=2"), "{}", cost(&second));
+    let mut c = second.client();
+    assert_eq!(c.login(id, "wrong")["errno"], 1);
+    assert!(cost(&second).contains("m=512,t=2"), "a wrong password changes nothing");
+    c.login_ok(id, "pw");
+    assert!(cost(&second).contains("m=256,t=1"), "upgraded: {}", cost(&second));
+    c.logout();
+    c.login_ok(id, "pw");
+}

@@ -299,6 +299,18 @@ impl Service {
             return Ok(Err(Errno::Credentials));
         }
         let Some(user) = user else { return Ok(Err(Errno::Credentials)) };
+        if self.hasher.outdated(&user.password) {
+            // Made with an older cost: made again with the configured one, now that the
+            // password is known to be right. A failure only leaves the old hash in place.
+            match self.hasher.hash(password) {
+                Ok(hash) => {
+                    if let Err(e) = self.store.set_password(id, &hash) {
+                        log::warn!("user {id}: password hash not upgraded: {e}");
+                    }
+                }
+                Err(e) => log::warn!("user {id}: password hash not upgraded: {e}"),
+            }
+        }
         if !self.presence.insert_if_absent(id, here, acks) {
             return Ok(Err(Errno::AlreadyOnline));
         }

@@ -49,6 +49,9 @@ use crate::{GroupId, UserId};
 /// bound on staleness should a change never have reached the bus (every change does, normally).
 const GROUP_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// Stored password hashes read at start to learn what most of them cost.
+const PASSWORD_SAMPLES: usize = 1000;
+
 /// Shared by every reactor and pool thread of a node.
 #[derive(Debug)]
 pub(crate) struct Service {
@@ -278,6 +281,11 @@ impl Service {
         mailboxes: mailbox::Mailboxes,
         config: &Config,
     ) -> std::io::Result<Service> {
+        let mut hasher = Hasher::new(config.hash).map_err(std::io::Error::other)?;
+        match store.password_samples(PASSWORD_SAMPLES) {
+            Ok(samples) => hasher.calibrate(&samples).map_err(std::io::Error::other)?,
+            Err(e) => log::warn!("stored password costs not read ({e}): unknown ids cost the configured one"),
+        }
         Ok(Service {
             mailboxes,
             store,
@@ -285,7 +293,7 @@ impl Service {
             throttle: throttle::Throttle::new(config.throttle, bus.sole_node()),
             bus,
             presence,
-            hasher: Hasher::new(config.hash).map_err(std::io::Error::other)?,
+            hasher,
             limits: Limits { max_msg: config.max_msg },
             mailbox_cap: config.mailbox_cap,
             window: config.window.max(1),

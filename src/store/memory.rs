@@ -48,6 +48,17 @@ impl Store for MemoryStore {
         Ok(self.data.lock().users.get(&id).cloned())
     }
 
+    fn set_password(&self, id: UserId, password_hash: &str) -> StoreResult<()> {
+        if let Some(u) = self.data.lock().users.get_mut(&id) {
+            u.password = password_hash.to_owned();
+        }
+        Ok(())
+    }
+
+    fn password_samples(&self, limit: usize) -> StoreResult<Vec<String>> {
+        Ok(self.data.lock().users.values().rev().take(limit).map(|u| u.password.clone()).collect())
+    }
+
     fn user_exists(&self, id: UserId) -> StoreResult<bool> {
         Ok(self.data.lock().users.contains_key(&id))
     }

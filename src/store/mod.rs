@@ -184,6 +184,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates a user; `None` when the name is taken.
     fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<Option<UserId>>;
     fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// Replaces a user's password hash (a hash made with an older cost, upgraded at login).
+    fn set_password(&self, id: UserId, password_hash: &str) -> StoreResult<()>;
+    /// Up to `limit` stored password hashes, any users: what a hash costs here now.
+    fn password_samples(&self, limit: usize) -> StoreResult<Vec<String>>;
     fn user_exists(&self, id: UserId) -> StoreResult<bool>;
     /// Writes `User.state` for compatibility; presence never reads it.
     fn set_state(&self, id: UserId, online: bool) -> StoreResult<()>;

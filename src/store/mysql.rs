@@ -121,6 +121,14 @@ impl Store for MysqlStore {
         Ok(row.map(|(name, password)| UserRecord { id, name, password }))
     }
 
+    fn set_password(&self, id: UserId, password_hash: &str) -> StoreResult<()> {
+        Ok(self.conn()?.exec_drop("UPDATE User SET password = ? WHERE id = ?", (password_hash, id))?)
+    }
+
+    fn password_samples(&self, limit: usize) -> StoreResult<Vec<String>> {
+        Ok(self.conn()?.exec("SELECT password FROM User ORDER BY id DESC LIMIT ?", (limit as u64,))?)
+    }
+
     fn user_exists(&self, id: UserId) -> StoreResult<bool> {
         Ok(self.conn()?.exec_first::<u8, _, _>("SELECT 1 FROM User WHERE id = ?", (id,))?.is_some())
     }

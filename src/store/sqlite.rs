@@ -230,6 +230,21 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_password(&self, id: UserId, password_hash: &str) -> StoreResult<()> {
+        self.write(|c| {
+            c.execute("UPDATE User SET password = ?1 WHERE id = ?2", params![password_hash, id])?;
+            Ok(())
+        })
+    }
+
+    fn password_samples(&self, limit: usize) -> StoreResult<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT password FROM User ORDER BY id DESC LIMIT ?1")?;
+            let rows = stmt.query_map([limit as i64], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     fn user_exists(&self, id: UserId) -> StoreResult<bool> {
         self.with(|c| c.prepare_cached("SELECT 1 FROM User WHERE id = ?1")?.exists([id]))
     }
