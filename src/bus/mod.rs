@@ -91,6 +91,15 @@ pub struct AttemptRule {
     pub block: std::time::Duration,
 }
 
+/// Where attempts under some rules stand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attempts {
+    /// The longest block among them still lasts this long.
+    pub blocked: Option<std::time::Duration>,
+    /// Some of them have attempts counted (so a success has a count to clear).
+    pub counted: bool,
+}
+
 /// What became of a group message handed to [`Bus::route_groups`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum GroupRouting {
@@ -148,10 +157,9 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// routing per message, up to and including the first whose version is stale: that one
     /// and those after it are not sent (and not answered).
     fn route_groups(&self, sends: &[GroupSend<'_>]) -> Result<Vec<GroupRouting>, BusError>;
-    /// How long the longest block among `rules`' keys lasts still, cluster-wide (a bus that
-    /// keeps no counts: none).
-    fn attempts_blocked(&self, _rules: &[AttemptRule]) -> Result<Option<std::time::Duration>, BusError> {
-        Ok(None)
+    /// Where attempts under `rules` stand, cluster-wide (a bus that keeps no counts: nowhere).
+    fn attempts(&self, _rules: &[AttemptRule]) -> Result<Attempts, BusError> {
+        Ok(Attempts::default())
     }
     /// Counts one attempt under each rule, cluster-wide.
     fn count_attempt(&self, _rules: &[AttemptRule]) -> Result<(), BusError> {

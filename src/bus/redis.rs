@@ -35,7 +35,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Script};
 
-use super::{AttemptRule, Bus, BusError, GroupRouting, GroupSend, Inbox, Routing};
+use super::{AttemptRule, Attempts, Bus, BusError, GroupRouting, GroupSend, Inbox, Routing};
 use crate::net::Loc;
 use crate::{GroupId, UserId};
 
@@ -125,14 +125,15 @@ for i = 1, #KEYS do
   end
 end
 return 0";
-/// KEYS: attempt counters. Returns the longest time left on their blocks, in ms (0: none).
+/// KEYS: attempt counters. Returns the longest time left on their blocks, in ms (0: none),
+/// and how many of the counters exist.
 const BLOCKED: &str = r"
 local longest = 0
 for i = 1, #KEYS do
   local left = redis.call('PTTL', 'block:' .. KEYS[i])
   if left > longest then longest = left end
 end
-return longest";
+return {longest, redis.call('EXISTS', unpack(KEYS))}";
 /// A node channel's payload is `{user} {message}`, or `{user}` alone: fetch the mailbox.
 const POKE: &str = r"
 local owner = redis.call('GET', KEYS[1])
@@ -486,15 +487,15 @@ impl Bus for RedisBus {
         Ok(routed)
     }
 
-    fn attempts_blocked(&self, rules: &[AttemptRule]) -> Result<Option<Duration>, BusError> {
-        let left: i64 = self.with(|c| {
+    fn attempts(&self, rules: &[AttemptRule]) -> Result<Attempts, BusError> {
+        let (left, counted): (i64, i64) = self.with(|c| {
             let mut call = self.scripts[7].prepare_invoke();
             for r in rules {
                 call.key(attempts_key(&r.key));
             }
             call.invoke(c)
         })?;
-        Ok((left > 0).then(|| Duration::from_millis(left as u64)))
+        Ok(Attempts { blocked: (left > 0).then(|| Duration::from_millis(left as u64)), counted: counted > 0 })
     }
 
     fn count_attempt(&self, rules: &[AttemptRule]) -> Result<(), BusError> {

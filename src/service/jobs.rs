@@ -132,13 +132,14 @@ impl Service {
             Ok(match job.kind {
                 JobKind::Login { id, password, acks, from } => {
                     // Refused before the hash is computed: a guesser costs no argon2id.
-                    if let Some(wait) = self.throttle.login_blocked(&*self.bus, id, from)? {
+                    let attempts = self.throttle.login_attempts(&*self.bus, id, from)?;
+                    if let Some(wait) = attempts.blocked {
                         return Ok(throttled(wait));
                     }
                     match self.login(id, &password, here, acks)? {
                         Ok((data, more)) => {
                             self.retry_releases(outlet); // the bus answered the claim
-                            if let Err(e) = self.throttle.login_succeeded(&*self.bus, id) {
+                            if let Err(e) = self.throttle.login_succeeded(&*self.bus, id, attempts) {
                                 log::warn!("user {id}: failed logins not reset: {e}");
                             }
                             let bytes = reply::login_ok(&data, seq.as_ref());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::bus::{AttemptRule, Bus, BusError};
+use crate::bus::{AttemptRule, Attempts, Bus, BusError};
 use crate::config::ThrottleLimits;
 use crate::UserId;
 
@@ -58,23 +58,24 @@ impl Throttle {
         ip.map(|ip| rule(format!("register:ip:{ip}"), limit, REGISTER_WINDOW, REGISTER_WINDOW)).into_iter().collect()
     }
 
-    /// How long a login of `user` from `from` must wait, if it must.
-    pub(crate) fn login_blocked(
+    /// Whether a login of `user` from `from` must wait, and how long.
+    pub(crate) fn login_attempts(
         &self,
         bus: &dyn Bus,
         user: UserId,
         from: Option<IpAddr>,
-    ) -> Result<Option<Duration>, BusError> {
-        self.blocked(bus, &self.login_rules(user, from))
+    ) -> Result<Attempts, BusError> {
+        self.attempts(bus, &self.login_rules(user, from))
     }
 
     pub(crate) fn login_failed(&self, bus: &dyn Bus, user: UserId, from: Option<IpAddr>) -> Result<(), BusError> {
         self.count(bus, &self.login_rules(user, from))
     }
 
-    /// A successful login starts its account's count again (not its address's).
-    pub(crate) fn login_succeeded(&self, bus: &dyn Bus, user: UserId) -> Result<(), BusError> {
-        if self.limits.login_failures == 0 {
+    /// A successful login starts its account's count again (not its address's); `before`:
+    /// where its attempts stood (nothing counted: nothing to clear, no round trip).
+    pub(crate) fn login_succeeded(&self, bus: &dyn Bus, user: UserId, before: Attempts) -> Result<(), BusError> {
+        if self.limits.login_failures == 0 || !before.counted {
             return Ok(());
         }
         let key = format!("login:user:{user}");
@@ -88,22 +89,23 @@ impl Throttle {
     }
 
     pub(crate) fn register_blocked(&self, bus: &dyn Bus, from: Option<IpAddr>) -> Result<Option<Duration>, BusError> {
-        self.blocked(bus, &self.register_rules(from))
+        Ok(self.attempts(bus, &self.register_rules(from))?.blocked)
     }
 
     pub(crate) fn registered(&self, bus: &dyn Bus, from: Option<IpAddr>) -> Result<(), BusError> {
         self.count(bus, &self.register_rules(from))
     }
 
-    fn blocked(&self, bus: &dyn Bus, rules: &[AttemptRule]) -> Result<Option<Duration>, BusError> {
+    fn attempts(&self, bus: &dyn Bus, rules: &[AttemptRule]) -> Result<Attempts, BusError> {
         if rules.is_empty() {
-            return Ok(None);
+            return Ok(Attempts::default());
         }
-        let Some(local) = &self.local else { return bus.attempts_blocked(rules) };
+        let Some(local) = &self.local else { return bus.attempts(rules) };
         let now = Instant::now();
         let counts = local.lock();
         let until = rules.iter().filter_map(|r| counts.get(&r.key)?.blocked_until).filter(|&t| t > now).max();
-        Ok(until.map(|t| t - now))
+        let counted = rules.iter().any(|r| counts.get(&r.key).is_some_and(|c| c.n > 0 && c.window_ends > now));
+        Ok(Attempts { blocked: until.map(|t| t - now), counted })
     }
 
     fn count(&self, bus: &dyn Bus, rules: &[AttemptRule]) -> Result<(), BusError> {
@@ -152,15 +154,15 @@ mod tests {
         for _ in 0..2 {
             t.login_failed(&bus, 1, None).unwrap();
         }
-        t.login_succeeded(&bus, 1).unwrap();
+        t.login_succeeded(&bus, 1, t.login_attempts(&bus, 1, None).unwrap()).unwrap();
         for _ in 0..2 {
             t.login_failed(&bus, 1, None).unwrap();
         }
-        assert_eq!(t.login_blocked(&bus, 1, None).unwrap(), None, "the success reset the count");
+        assert_eq!(t.login_attempts(&bus, 1, None).unwrap().blocked, None, "the success reset the count");
         t.login_failed(&bus, 1, None).unwrap();
-        let wait = t.login_blocked(&bus, 1, None).unwrap().expect("blocked");
+        let wait = t.login_attempts(&bus, 1, None).unwrap().blocked.expect("blocked");
         assert!(wait > LOGIN_BLOCK - Duration::from_secs(5) && wait <= LOGIN_BLOCK);
-        assert_eq!(t.login_blocked(&bus, 2, None).unwrap(), None, "another account");
+        assert_eq!(t.login_attempts(&bus, 2, None).unwrap().blocked, None, "another account");
     }
 
     #[test]
@@ -171,7 +173,7 @@ mod tests {
             off.login_failed(&LocalBus, 1, Some(ip)).unwrap();
             off.registered(&LocalBus, Some(ip)).unwrap();
         }
-        assert_eq!(off.login_blocked(&LocalBus, 1, Some(ip)).unwrap(), None);
+        assert_eq!(off.login_attempts(&LocalBus, 1, Some(ip)).unwrap().blocked, None);
         assert_eq!(off.register_blocked(&LocalBus, Some(ip)).unwrap(), None);
         let on = Throttle::new(ThrottleLimits { registrations_per_ip: 2, ..ThrottleLimits::default() }, true);
         on.registered(&LocalBus, Some(ip)).unwrap();
