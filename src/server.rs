@@ -153,7 +153,13 @@ impl Inbox for NodeInbox {
         self.service.presence().with(user, |to| self.router.drain(to, user));
     }
 
-    fn routed(&self, from: Loc, result: Result<bool, BusError>) {
-        self.router.send(from.reactor, Event::Routed { from, result });
+    fn routed(&self, mut answers: Vec<(Loc, Result<bool, BusError>)>) {
+        // One channel message per reactor; stable, so each sender's answers keep their order.
+        answers.sort_by_key(|(from, _)| from.reactor);
+        while let Some((last, _)) = answers.last() {
+            let reactor = last.reactor;
+            let split = answers.partition_point(|(from, _)| from.reactor < reactor);
+            self.router.send(reactor, Event::Routed(answers.split_off(split)));
+        }
     }
 }

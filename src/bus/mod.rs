@@ -29,8 +29,9 @@ pub trait Inbox: Send + Sync + std::fmt::Debug {
     fn evict(&self, user: UserId);
     /// Has a live user fetch its mailbox (messages may have been stored while the bus was away).
     fn drain(&self, user: UserId);
-    /// The answer to a [`Bus::route_async`] that was [`Routing::Queued`] for the sender at `from`.
-    fn routed(&self, from: Loc, result: Result<bool, BusError>);
+    /// Answers to [`Bus::route_async`] calls that were [`Routing::Queued`], each with its
+    /// sender, in the order routed.
+    fn routed(&self, answers: Vec<(Loc, Result<bool, BusError>)>);
 }
 
 /// The bus could not answer; the request gets errno 10. Clone: one failed round trip fails

@@ -252,10 +252,9 @@ fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: A
         // A sender's fenced routes precede its newer ones in the queue: answering them first
         // keeps each sender's answers in order.
         let (fenced, batch): (Vec<Route>, Vec<Route>) = batch.into_iter().partition(|r| fences.holds(r));
-        for r in fenced {
-            inbox.routed(r.from, Ok(false));
-        }
+        let mut answers: Vec<_> = fenced.into_iter().map(|r| (r.from, Ok(false))).collect();
         if batch.is_empty() {
+            inbox.routed(answers);
             continue;
         }
         let result = (|| -> Result<Vec<i64>, BusError> {
@@ -285,7 +284,7 @@ fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: A
                     if n == 0 {
                         fences.close(&r, now);
                     }
-                    inbox.routed(r.from, Ok(n > 0));
+                    answers.push((r.from, Ok(n > 0)));
                 }
             }
             other => {
@@ -297,10 +296,11 @@ fn publish_loop(client: Client, rx: crossbeam_channel::Receiver<Route>, inbox: A
                 log::error!("redis bus: {} routes failed: {e}", batch.len());
                 for r in batch {
                     fences.close(&r, now);
-                    inbox.routed(r.from, Err(e.clone()));
+                    answers.push((r.from, Err(e.clone())));
                 }
             }
         }
+        inbox.routed(answers); // one hand-over for the batch
     }
 }
 

@@ -54,11 +54,9 @@ pub(crate) enum Event {
         at: Loc,
         outcome: Outcome,
     },
-    /// The bus's answer to the oldest chat the connection at `from` sent to another node.
-    Routed {
-        from: Loc,
-        result: Result<bool, BusError>,
-    },
+    /// The bus's answers, each to the oldest unanswered chat its connection sent to another
+    /// node, in the order sent.
+    Routed(Vec<(Loc, Result<bool, BusError>)>),
     /// Chats of the connection at `at` that no node received are stored (or refused).
     Stored {
         at: Loc,
@@ -827,10 +825,18 @@ impl Handler for ChatHandler {
             Event::Drain { to, user, newest } => self.on_drain(io, to, user, newest),
             Event::JobDone { at, outcome } => self.on_job_done(io, at, outcome),
             Event::Logged(results) => self.on_logged(io, results),
-            Event::Routed { from, result } => {
-                self.settle_route(io, from, result);
-                self.pump_routes(io, from);
-                self.advance(io, from);
+            Event::Routed(answers) => {
+                let mut senders: Vec<Loc> = Vec::new();
+                for (from, result) in answers {
+                    self.settle_route(io, from, result);
+                    if senders.last() != Some(&from) {
+                        senders.push(from); // twice is harmless: the second finds nothing to do
+                    }
+                }
+                for from in senders {
+                    self.pump_routes(io, from);
+                    self.advance(io, from);
+                }
             }
             Event::Stored { at, outcomes } => self.on_stored(io, at, outcomes),
             Event::Evict { to } => {
@@ -912,10 +918,12 @@ impl Handler for ChatHandler {
                         self.unsettled_at_exit(&r);
                     }
                 }
-                Event::Routed { from, result } => {
-                    let job = self.routes.get_mut(&from).and_then(|r| r.on_bus.pop_front());
-                    if let (Some((_, job)), false) = (job, result.unwrap_or(false)) {
-                        self.spill(chat_of(job)); // received by nobody: stored, as the pool would
+                Event::Routed(answers) => {
+                    for (from, result) in answers {
+                        let job = self.routes.get_mut(&from).and_then(|r| r.on_bus.pop_front());
+                        if let (Some((_, job)), false) = (job, result.unwrap_or(false)) {
+                            self.spill(chat_of(job)); // received by nobody: stored, as the pool would
+                        }
                     }
                 }
                 Event::JobDone { outcome: Outcome { effect: Effect::LoggedIn { data, .. }, .. }, .. } => {

@@ -428,11 +428,11 @@ fn a_routed_chat_is_stored_when_nobody_received_it_even_if_its_sender_left() {
     assert!(!n.io.conns[&b].paused, "the sender goes on while the bus answers");
     assert_eq!(*bus.routes.lock(), [(alice, b), (alice, b)], "both on the bus at once");
     assert!(n.take_lines(b).is_empty(), "answers wait for the bus");
-    n.handle(Event::Routed { from: b, result: Ok(false) });
+    n.handle(Event::Routed(vec![(b, Ok(false))]));
     n.settle();
     assert_eq!(n.take_lines(b)[0]["seq"], 1);
     n.reset(b);
-    n.handle(Event::Routed { from: b, result: Ok(false) });
+    n.handle(Event::Routed(vec![(b, Ok(false))]));
     n.settle();
     assert_eq!(offline(&n.login(a, alice)), ["\"first\"", "\"second\""]);
 }
@@ -444,7 +444,7 @@ fn a_chat_sent_after_one_nobody_received_waits_until_that_one_is_stored() {
     let (mut n, bus, a, alice, b, bob) = bob_on_a_slow_bus();
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"first","time":"t","seq":1}));
     n.settle();
-    n.handle(Event::Routed { from: b, result: Ok(false) }); // its store is queued on the pool
+    n.handle(Event::Routed(vec![(b, Ok(false))])); // its store is queued on the pool
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"second","time":"t","seq":2}));
     n.frame(b, json!({"msgid":1,"id":bob,"password":"pw"})); // a request that waits for both
     while n.commit_log() {}
@@ -455,7 +455,7 @@ fn a_chat_sent_after_one_nobody_received_waits_until_that_one_is_stored() {
     n.settle(); // the first is stored, then the second goes out
     assert_eq!(bus.routes.lock().len(), 2);
     assert_eq!(n.take_lines(b).len(), 1, "only the first is answered");
-    n.handle(Event::Routed { from: b, result: Ok(true) });
+    n.handle(Event::Routed(vec![(b, Ok(true))]));
     n.settle();
     let answers = n.take_lines(b);
     let seqs: Vec<&Value> = answers.iter().map(|l| &l["seq"]).collect();
@@ -471,10 +471,10 @@ fn a_routed_chat_is_answered_by_the_bus() {
     let (mut n, _bus, a, alice, b, _bob) = bob_on_a_slow_bus();
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"there","time":"t","seq":1}));
     n.settle();
-    n.handle(Event::Routed { from: b, result: Ok(true) });
+    n.handle(Event::Routed(vec![(b, Ok(true))]));
     n.frame(b, json!({"msgid":6,"toid":alice,"msg":"kept","time":"t","seq":2}));
     n.settle();
-    n.handle(Event::Routed { from: b, result: Err(BusError::Stopped) });
+    n.handle(Event::Routed(vec![(b, Err(BusError::Stopped))]));
     n.settle();
     let acks = n.take_lines(b);
     let errnos: Vec<Value> = acks.iter().map(|l| l["errno"].clone()).collect();
