@@ -226,10 +226,12 @@ impl Node {
         self.take_lines(at).remove(0)
     }
 
-    /// What `at` was sent, as JSON, oldest first; forgets it.
+    /// What `at` was sent, as JSON, oldest first; forgets it. An item may hold several lines
+    /// (the answers of a batch of group messages).
     fn take_lines(&mut self, at: Loc) -> Vec<Value> {
         let queued = std::mem::take(&mut self.io.conns.get_mut(&at).expect("open").queued);
-        queued.iter().map(|o| serde_json::from_slice(crate::net::Outbound::bytes(o)).unwrap()).collect()
+        let lines = queued.iter().flat_map(|o| crate::net::Outbound::bytes(o).split(|&b| b == b'\n'));
+        lines.filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect()
     }
 
     fn chat(&mut self, at: Loc, to: UserId, msg: &str) {
@@ -569,4 +571,87 @@ fn a_sender_ahead_of_the_log_is_paused_until_it_catches_up() {
     assert_eq!(seqs, (0..super::chat::MAX_QUEUED).map(|i| json!(i)).collect::<Vec<_>>());
     let lines = n.take_lines(b);
     assert_eq!(msgs(&lines), (0..super::chat::MAX_QUEUED).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+/// A cluster bus seen from one node, nobody elsewhere, whose group versions another node can
+/// change behind this node's back (as a join there would).
+#[derive(Debug, Default)]
+struct VersionedBus {
+    version: std::sync::atomic::AtomicU64,
+    /// How many messages each `route_groups` call carried, and how many came back stale.
+    calls: parking_lot::Mutex<Vec<(usize, bool)>>,
+}
+
+impl Bus for VersionedBus {
+    fn claim(&self, _user: UserId, _acks: Option<bool>) -> Result<bool, BusError> {
+        Ok(true)
+    }
+
+    fn release(&self, _user: UserId) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn route(&self, _user: UserId, _msg: &str) -> Result<bool, BusError> {
+        Ok(false)
+    }
+
+    fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
+        Ok(vec![false; users.len()])
+    }
+
+    fn group_version(&self, _group: crate::GroupId) -> Result<u64, BusError> {
+        Ok(self.version.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn route_groups(&self, sends: &[GroupSend<'_>]) -> Result<Vec<GroupRouting>, BusError> {
+        let current = self.version.load(std::sync::atomic::Ordering::SeqCst);
+        let mut out = Vec::new();
+        for s in sends {
+            if s.version != current {
+                out.push(GroupRouting::Stale { current });
+                break;
+            }
+            out.push(GroupRouting::Routed { missed: s.users.to_vec() });
+        }
+        self.calls.lock().push((sends.len(), out.last().is_some_and(|r| matches!(r, GroupRouting::Stale { .. }))));
+        Ok(out)
+    }
+}
+
+/// Group messages of one sender go out as one batch; a member list found stale on the bus in
+/// the middle of it (a join on another node) is read again, and the rest of the batch goes to
+/// the members as they are now, in order, each answered in turn.
+#[test]
+fn a_batch_of_group_messages_reads_a_stale_member_list_again_and_keeps_its_order() {
+    let bus = Arc::new(VersionedBus::default());
+    let mut n = Node::with_bus(bus.clone());
+    let (a, b, c) = (n.connect(), n.connect(), n.connect());
+    let (alice, bob, carol) = (n.register(a, "alice"), n.register(b, "bob"), n.register(c, "carol"));
+    for (at, id) in [(a, alice), (b, bob), (c, carol)] {
+        n.login(at, id);
+    }
+    n.frame(a, json!({"msgid":8,"groupname":"g","seq":1}));
+    n.settle();
+    let gid = n.take_lines(a)[0]["groupid"].as_u64().expect("a group") as crate::GroupId;
+    n.frame(b, json!({"msgid":9,"groupid":gid,"seq":1}));
+    n.settle();
+    n.take_lines(b);
+    n.frame(a, json!({"msgid":10,"groupid":gid,"msg":"m0","seq":10}));
+    n.settle(); // the members are cached now, under version 0
+    assert_eq!(n.take_lines(b)[0]["msg"], "m0");
+    // Carol joins through another node: the store has her, this node's cache does not.
+    assert!(n.store.join_group(gid, carol).unwrap());
+    bus.version.store(7, std::sync::atomic::Ordering::SeqCst);
+    for (i, m) in ["m1", "m2", "m3"].iter().enumerate() {
+        n.frame(a, json!({"msgid":10,"groupid":gid,"msg":m,"seq":11 + i}));
+    }
+    n.settle();
+    let texts =
+        |lines: Vec<Value>| lines.iter().map(|l| l["msg"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>();
+    assert_eq!(texts(n.take_lines(b)), ["m1", "m2", "m3"]);
+    assert_eq!(texts(n.take_lines(c)), ["m1", "m2", "m3"], "the newcomer, from the first message after the change");
+    let seqs: Vec<Value> = n.take_lines(a).iter().filter(|l| l["msgid"] == 11).map(|l| l["seq"].clone()).collect();
+    assert_eq!(seqs[seqs.len() - 3..], [json!(11), json!(12), json!(13)]);
+    let calls = bus.calls.lock().clone();
+    assert!(calls.iter().any(|&(len, stale)| len > 1 && stale), "a batch met the stale list: {calls:?}");
 }
