@@ -62,7 +62,7 @@ up() {
     local upstream="" port
     for i in $(seq 1 "$nodes"); do
         port=$(free_port)
-        "$bin" --listen "127.0.0.1:$port" --node-id "node$i" \
+        "$bin" --listen "127.0.0.1:$port" --node-id "node$i" --proxy-protocol \
             --store "mysql://root@127.0.0.1:$db_port/chat" --bus "redis://127.0.0.1:$redis_port" \
             </dev/null >"$dir/node$i.out" 2>"$dir/node$i.log" &
         echo $! >"$dir/node$i.pidof"

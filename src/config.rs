@@ -26,6 +26,9 @@ pub struct Config {
     /// Most connections from one source address; zero: no limit (behind a proxy every
     /// client has the proxy's address).
     pub max_conns_per_ip: usize,
+    /// Every connection starts with a PROXY header (v1 or v2, from nginx's `proxy_protocol
+    /// on`) naming the client's address; one without a valid header is closed.
+    pub proxy_protocol: bool,
     /// Failed logins and registrations allowed before errno 14 (see `service/throttle.rs`).
     pub throttle: ThrottleLimits,
     /// Largest `msg` of a chat, in bytes.
@@ -104,6 +107,7 @@ impl Default for Config {
             login_timeout: Duration::from_secs(600),
             max_connections: 0,
             max_conns_per_ip: 0,
+            proxy_protocol: false,
             throttle: ThrottleLimits { login_failures: 20, login_failures_per_ip: 0, registrations_per_ip: 0 },
             max_msg: 16 * 1024,
             max_outbound: 4 * 1024 * 1024,

@@ -38,7 +38,7 @@ impl Server {
     ) -> io::Result<Server> {
         let admission =
             AdmissionLimits { max_connections: config.max_connections, max_per_address: config.max_conns_per_ip };
-        let acceptor = Acceptor::new(listener, Admission::new(admission))?;
+        let acceptor = Acceptor::new(listener, Admission::new(admission), config.proxy_protocol)?;
         let service = Arc::new(Service::new(store, bus, &config)?);
         Ok(Server { acceptor, config, service })
     }
@@ -58,6 +58,7 @@ impl Server {
         let threads = self.config.threads.max(1);
         let (quiet_tx, quiet_rx) = crossbeam_channel::unbounded();
         let limits = Limits {
+            proxy_protocol: self.config.proxy_protocol,
             max_frame: self.config.max_frame,
             max_frame_untrusted: self.config.max_frame_before_login.min(self.config.max_frame),
             max_outbound: self.config.max_outbound,

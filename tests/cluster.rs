@@ -344,7 +344,7 @@ fn a_killed_node_frees_its_users_and_loses_nothing() {
 
 #[test]
 fn through_nginx_and_with_a_node_stopped() {
-    let mut cluster = Cluster::start(2);
+    let mut cluster = Cluster::start_with(2, &["--proxy-protocol"]);
     let nginx = Nginx::start(&[cluster.addr(0), cluster.addr(1)]);
     let mut a = Client::connect(nginx.addr);
     let ida = a.register("alice", "pw");
@@ -362,6 +362,33 @@ fn through_nginx_and_with_a_node_stopped() {
         let id = c.register(&format!("late{i}"), "pw");
         c.login_ok(id, "pw");
     }
+}
+
+/// Behind nginx with `proxy_protocol on`, a node sees each client's own address: with one
+/// connection allowed per address, clients from 127.0.0.2 and 127.0.0.3 are both served (to
+/// the node they all come from nginx's address), a second from 127.0.0.2 is refused; a
+/// connection that reaches the node without a PROXY header is reset.
+#[test]
+fn behind_nginx_limits_count_the_client_s_own_address() {
+    let cluster = Cluster::start_with(1, &["--proxy-protocol", "--max-conns-per-ip", "1"]);
+    let nginx = Nginx::start(&[cluster.addr(0)]);
+    let (two, three) = ([127, 0, 0, 2].into(), [127, 0, 0, 3].into());
+    let mut a = Client::connect_from(nginx.addr, two);
+    let ida = a.register("alice", "pw");
+    a.login_ok(ida, "pw");
+    let mut b = Client::connect_from(nginx.addr, three);
+    let idb = b.register("bob", "pw");
+    b.login_ok(idb, "pw");
+    a.chat_acked(ida, idb, "through nginx", 1);
+    assert_eq!(b.recv()["msg"], "through nginx");
+    let mut second = Client::connect_from(nginx.addr, two);
+    second.send(json!({"msgid":4,"name":"carol","password":"pw"}));
+    assert_eq!(second.answer_within(Duration::from_secs(3)), None, "a second connection from 127.0.0.2");
+    let mut direct = Client::connect(cluster.addr(0));
+    direct.send(json!({"msgid":1,"id":ida,"password":"pw"}));
+    assert_eq!(direct.answer_within(Duration::from_secs(3)), None, "no PROXY header: reset");
+    a.chat_acked(ida, idb, "still served", 2);
+    assert_eq!(b.recv()["msg"], "still served");
 }
 
 /// The database goes away: what needs it fails at once with errno 10, chat included (a message

@@ -118,10 +118,30 @@ impl Reader {
     }
 }
 
+/// Whether connections begin with a PROXY header, as nginx's would (for nodes started with
+/// `--proxy-protocol`, reached directly).
+static PROXY_HEADER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn send_proxy_header(on: bool) {
+    PROXY_HEADER.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Writes the PROXY header for `s` if asked to (naming its own addresses).
+pub(crate) fn introduce(s: &mut TcpStream) -> io::Result<()> {
+    if !PROXY_HEADER.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    let (local, peer) = (s.local_addr()?, s.peer_addr()?);
+    let family = if local.is_ipv4() { "TCP4" } else { "TCP6" };
+    let header = format!("PROXY {family} {} {} {} {}\r\n", local.ip(), peer.ip(), local.port(), peer.port());
+    s.write_all(header.as_bytes())
+}
+
 fn connect(addr: &str) -> io::Result<TcpStream> {
-    let s = TcpStream::connect(addr)?;
+    let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    introduce(&mut s)?;
     Ok(s)
 }
 

@@ -34,7 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::proto::Request;
 
-pub use link::{body, err, ChatLink, Delivered, Link, RedisLink};
+pub use link::{body, err, send_proxy_header, ChatLink, Delivered, Link, RedisLink};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -455,8 +455,9 @@ pub fn idle_share(
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         socket.bind(&SockAddr::from(std::net::SocketAddr::from((source, 0))))?;
         socket.connect(&SockAddr::from(target))?;
-        let stream: TcpStream = socket.into();
+        let mut stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        link::introduce(&mut stream)?;
         let mut c = ChatLink::from_stream(stream)?;
         let id = c.sign_up(&format!("{tag}-{i}"), "idle", acks)?;
         held.push((id, c.into_stream()));

@@ -21,12 +21,17 @@ use crate::service::Presence;
 use crate::UserId;
 
 /// The server's defaults, so the relay's connections have the very same limits.
-const LIMITS: Limits = Limits { max_frame: 64 * 1024, max_frame_untrusted: 64 * 1024, max_outbound: 4 * 1024 * 1024 };
+const LIMITS: Limits = Limits {
+    proxy_protocol: false,
+    max_frame: 64 * 1024,
+    max_frame_untrusted: 64 * 1024,
+    max_outbound: 4 * 1024 * 1024,
+};
 
 /// Serves the relay protocol on `listener` with `threads` reactors, until the process ends.
 pub fn serve(listener: std::net::TcpListener, threads: usize) -> io::Result<()> {
     let shared = Arc::new(Shared { presence: Presence::default(), next_id: AtomicU32::new(1) });
-    let acceptor = Acceptor::new(listener, Admission::new(AdmissionLimits::default()))?;
+    let acceptor = Acceptor::new(listener, Admission::new(AdmissionLimits::default()), false)?;
     let reactors = net::start_reactors("relay", threads, LIMITS, None, |_, router| Relay {
         router: router.clone(),
         shared: shared.clone(),

@@ -121,6 +121,10 @@ struct Args {
     /// integrity: milliseconds between faults.
     #[arg(long, default_value_t = 10_000)]
     fault_every: u64,
+    /// Begin every chat connection with a PROXY header (as nginx with `proxy_protocol on`
+    /// would), to reach nodes started with `--proxy-protocol` directly (not for integrity).
+    #[arg(long)]
+    proxy_header: bool,
     /// idle, internal: run as one client process with this share, `INDEX:COUNT:TAG`.
     #[arg(long, hide = true)]
     share: Option<String>,
@@ -132,6 +136,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    chat::bench::send_proxy_header(args.proxy_header);
     if matches!(args.scenario, Kind::Relay) {
         let listener = match std::net::TcpListener::bind(&args.listen) {
             Ok(l) => l,
@@ -378,6 +383,9 @@ fn idle(args: &Args) -> anyhow::Result<()> {
         command.args(["idle", "--addr", &nodes[i % nodes.len()], "--share", &format!("{i}:{count}:{tag}")]);
         if args.acks {
             command.arg("--acks");
+        }
+        if args.proxy_header {
+            command.arg("--proxy-header");
         }
         let child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("a client process")?;
         children.push(child);

@@ -77,6 +77,11 @@ struct Args {
     /// every client comes from the proxy's address).
     #[arg(long, env = "CHAT_MAX_CONNS_PER_IP", default_value_t = 0)]
     max_conns_per_ip: usize,
+    /// Every connection begins with a PROXY header (v1 or v2: nginx's `proxy_protocol on`)
+    /// naming the client's address, which limits and logs then use; a connection without a
+    /// valid one is reset. Only for a node that nothing but the proxy can reach.
+    #[arg(long, env = "CHAT_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
     /// Failed logins of one account within 10 minutes before its logins get errno 14 for 15
     /// minutes (no hash computed); 0: no limit.
     #[arg(long, env = "CHAT_LOGIN_FAILURES", default_value_t = 20)]
@@ -121,6 +126,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         login_timeout: Duration::from_secs(args.login_timeout),
         max_connections: args.max_connections,
         max_conns_per_ip: args.max_conns_per_ip,
+        proxy_protocol: args.proxy_protocol,
         throttle: ThrottleLimits {
             login_failures: args.login_failures,
             login_failures_per_ip: args.login_failures_per_ip,

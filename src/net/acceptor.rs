@@ -27,6 +27,8 @@ pub(crate) struct Acceptor {
     poll: Poll,
     stop: ShutdownHandle,
     admission: Arc<Admission>,
+    /// Clients come through a proxy that sends a PROXY header (their address comes with it).
+    proxied: bool,
 }
 
 /// Asks a running acceptor (and so its server) to stop. Any thread.
@@ -46,14 +48,18 @@ impl ShutdownHandle {
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: std::net::TcpListener, admission: Arc<Admission>) -> io::Result<Acceptor> {
+    pub(crate) fn new(
+        listener: std::net::TcpListener,
+        admission: Arc<Admission>,
+        proxied: bool,
+    ) -> io::Result<Acceptor> {
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = ShutdownHandle { stop: Arc::new(AtomicBool::new(false)), waker };
-        Ok(Acceptor { listener, poll, stop, admission })
+        Ok(Acceptor { listener, poll, stop, admission, proxied })
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -94,7 +100,7 @@ impl Acceptor {
             let mut warned = false;
             loop {
                 match self.listener.accept() {
-                    Ok((stream, peer)) => match self.admission.admit(peer.ip()) {
+                    Ok((stream, peer)) => match self.admission.admit(peer.ip(), self.proxied) {
                         Ok(ticket) => {
                             tune(&stream);
                             router.control(next, Msg::NewConn(stream, ticket));

@@ -48,6 +48,18 @@ impl Ticket {
     pub(crate) fn peer(&self) -> IpAddr {
         self.peer
     }
+
+    /// The client's address, as a PROXY header named it: counted for it from now on.
+    pub(crate) fn readdress(&mut self, client: IpAddr) -> Result<(), Refused> {
+        if self.address.is_some() {
+            return Ok(()); // counted already (not behind a proxy)
+        }
+        let mut counts = self.admission.counts.lock();
+        self.address = Admission::count_address(&mut counts, self.admission.limits.max_per_address, client)?;
+        drop(counts);
+        self.peer = client;
+        Ok(())
+    }
 }
 
 impl Admission {
@@ -55,23 +67,34 @@ impl Admission {
         Arc::new(Admission { limits, counts: Mutex::default() })
     }
 
-    pub(crate) fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Ticket, Refused> {
-        let AdmissionLimits { max_connections, max_per_address } = self.limits;
+    /// A connection from `address`; `proxied`: the address is a proxy's, the client's comes
+    /// later (see [`Ticket::readdress`]), so it counts for the node only until then.
+    pub(crate) fn admit(self: &Arc<Self>, address: IpAddr, proxied: bool) -> Result<Ticket, Refused> {
         let mut counts = self.counts.lock();
-        if max_connections > 0 && counts.total >= max_connections {
+        if self.limits.max_connections > 0 && counts.total >= self.limits.max_connections {
             return Err(Refused::NodeFull);
         }
-        let peer = address;
-        let address = (max_per_address > 0).then_some(address);
-        if let Some(a) = address {
-            let n = counts.per_address.entry(a).or_default();
-            if *n >= max_per_address {
-                return Err(Refused::AddressFull);
-            }
-            *n += 1;
-        }
+        let counted = match proxied {
+            true => None,
+            false => Self::count_address(&mut counts, self.limits.max_per_address, address)?,
+        };
         counts.total += 1;
-        Ok(Ticket { admission: self.clone(), peer, address })
+        // Made once the lock is free again: a ticket dropped takes it.
+        drop(counts);
+        Ok(Ticket { admission: self.clone(), peer: address, address: counted })
+    }
+
+    /// Counts a connection from `address` if that limit is on: `Some(address)` then.
+    fn count_address(counts: &mut Counts, max: usize, address: IpAddr) -> Result<Option<IpAddr>, Refused> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let n = counts.per_address.entry(address).or_default();
+        if *n >= max {
+            return Err(Refused::AddressFull);
+        }
+        *n += 1;
+        Ok(Some(address))
     }
 
     /// Connections held now.
@@ -104,20 +127,33 @@ mod tests {
     fn places_are_counted_per_node_and_per_address_and_given_back() {
         let a = Admission::new(AdmissionLimits { max_connections: 3, max_per_address: 2 });
         let (one, two) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
-        let t1 = a.admit(one).expect("first");
-        let _t2 = a.admit(one).expect("second");
-        assert_eq!(a.admit(one).err(), Some(Refused::AddressFull));
-        let _t3 = a.admit(two).expect("another address");
-        assert_eq!(a.admit(two).err(), Some(Refused::NodeFull));
+        let t1 = a.admit(one, false).expect("first");
+        let _t2 = a.admit(one, false).expect("second");
+        assert_eq!(a.admit(one, false).err(), Some(Refused::AddressFull));
+        let _t3 = a.admit(two, false).expect("another address");
+        assert_eq!(a.admit(two, false).err(), Some(Refused::NodeFull));
         drop(t1);
         assert_eq!(a.held(), 2);
-        let _t4 = a.admit(one).expect("a place given back");
+        let _t4 = a.admit(one, false).expect("a place given back");
+    }
+
+    #[test]
+    fn behind_a_proxy_the_client_s_address_counts_once_its_header_names_it() {
+        let a = Admission::new(AdmissionLimits { max_connections: 0, max_per_address: 1 });
+        let proxy = "127.0.0.1".parse().unwrap();
+        let (mut t1, mut t2) = (a.admit(proxy, true).unwrap(), a.admit(proxy, true).unwrap());
+        t1.readdress("192.0.2.1".parse().unwrap()).expect("first from that client");
+        assert_eq!(t2.readdress("192.0.2.1".parse().unwrap()), Err(Refused::AddressFull));
+        let mut t3 = a.admit(proxy, true).unwrap();
+        t3.readdress("192.0.2.2".parse().unwrap()).expect("another client");
+        assert_eq!(t3.peer(), "192.0.2.2".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn no_limits_admit_everyone() {
         let a = Admission::new(AdmissionLimits::default());
-        let tickets: Vec<_> = (0..1000).map(|_| a.admit("127.0.0.1".parse().unwrap()).expect("admitted")).collect();
+        let tickets: Vec<_> =
+            (0..1000).map(|_| a.admit("127.0.0.1".parse().unwrap(), false).expect("admitted")).collect();
         assert_eq!(a.held(), 1000);
         drop(tickets);
         assert_eq!(a.held(), 0);

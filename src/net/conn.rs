@@ -180,6 +180,8 @@ pub(super) struct Conn<O> {
     pub(super) eof: bool,
     /// The handler wants to hear when the output queue is empty.
     pub(super) notify_flushed: bool,
+    /// Its first bytes must be a PROXY header, not read yet.
+    pub(super) awaiting_proxy: bool,
     /// Its place among the node's connections, given back when it is dropped (and the
     /// client's address).
     pub(super) ticket: super::Ticket,
@@ -199,6 +201,7 @@ impl<O: Outbound> Conn<O> {
             readable: true,
             eof: false,
             notify_flushed: false,
+            awaiting_proxy: false,
             ticket,
         }
     }

@@ -11,6 +11,7 @@
 mod acceptor;
 mod admission;
 mod conn;
+mod proxy;
 mod reactor;
 mod router;
 

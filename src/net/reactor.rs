@@ -22,6 +22,7 @@ use slab::Slab;
 use socket2::SockRef;
 
 use super::conn::{bytes_acked, Conn, Outbound, State};
+use super::proxy::Header;
 use super::router::{Loc, Msg, ReactorHandle};
 use super::Ticket;
 use crate::proto::codec::{Decoded, FrameError};
@@ -45,6 +46,8 @@ const LINGER_LIMIT: usize = 1024 * 1024;
 /// What a reactor's connections may cost.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
+    /// Each connection begins with a PROXY header naming the client (see `proxy.rs`).
+    pub proxy_protocol: bool,
     /// Largest frame (one JSON value), in bytes, once the handler trusts the connection.
     pub max_frame: usize,
     /// Largest frame before that (a chat connection before its login).
@@ -319,7 +322,9 @@ impl<H: Handler> Reactor<H> {
         self.io.next_conn_id += 1;
         let id = self.io.next_conn_id;
         log::debug!("conn {}.{id}: open", self.io.idx);
-        entry.insert(Conn::new(stream, id, self.io.limits.max_frame_untrusted, ticket));
+        let mut conn = Conn::new(stream, id, self.io.limits.max_frame_untrusted, ticket);
+        conn.awaiting_proxy = self.io.limits.proxy_protocol;
+        entry.insert(conn);
         let at = Loc { reactor: self.io.idx, token: key, conn: id };
         self.handler.on_open(&mut self.io, at);
         // Edge-triggered: bytes that came before registration raise no event; look now.
@@ -432,6 +437,27 @@ impl<H: Handler> Reactor<H> {
             if conn.paused {
                 return used;
             }
+            if conn.awaiting_proxy {
+                match super::proxy::parse(&data[used..]) {
+                    Header::Incomplete => return used,
+                    Header::Complete { len, client } => {
+                        used += len;
+                        conn.awaiting_proxy = false;
+                        let admitted = client.map_or(Ok(()), |ip| conn.ticket.readdress(ip));
+                        if let Err(why) = admitted {
+                            log::debug!("conn {}.{id}: refused after its PROXY header: {why:?}", self.io.idx);
+                            self.reset(key, "over a connection limit");
+                            return data.len();
+                        }
+                        continue;
+                    }
+                    Header::Invalid => {
+                        log::debug!("conn {}.{id}: no valid PROXY header", self.io.idx);
+                        self.reset(key, "no PROXY header");
+                        return data.len();
+                    }
+                }
+            }
             match conn.decoder.decode(&data[used..]) {
                 Ok(Decoded::Frame { start, end }) => {
                     let frame = &data[used + start..used + end];
@@ -446,6 +472,14 @@ impl<H: Handler> Reactor<H> {
                 }
             }
         }
+    }
+
+    /// Resets `key` at once (nothing of it was read as a request) and tells the handler.
+    fn reset(&mut self, key: usize, why: &str) {
+        if let Some(conn) = self.io.conns.get(key) {
+            let _ = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+        }
+        self.close(key, why);
     }
 
     /// Closes `key` and tells the handler, with the output that never went out.

@@ -151,7 +151,7 @@ impl ChatHandler {
         }
         let mut job = self.fx.job.take();
         if let Some(Job { kind: JobKind::Login { from, .. } | JobKind::Register { from, .. }, .. }) = &mut job {
-            *from = session.peer; // counted per address by the throttle
+            *from = io.peer(at); // counted per address by the throttle
         }
         let ended = self.fx.ended.take();
         let acked = self.fx.acked.take();
@@ -799,11 +799,8 @@ impl Handler for ChatHandler {
     type Msg = Event;
     type Out = Out;
 
-    fn on_open(&mut self, io: &mut impl Io<Self>, at: Loc) {
+    fn on_open(&mut self, _io: &mut impl Io<Self>, at: Loc) {
         self.sessions.insert(at);
-        if let Some(s) = self.sessions.get_mut(at) {
-            s.peer = io.peer(at);
-        }
     }
 
     fn on_frame(&mut self, io: &mut impl Io<Self>, at: Loc, frame: &[u8]) {

@@ -84,8 +84,6 @@ pub(super) struct Session {
     pub routing: usize,
     /// Since when the connection has had no login (see the login timeout); kept by the tick.
     pub anonymous_since: Option<std::time::Instant>,
-    /// The client's address.
-    pub peer: Option<std::net::IpAddr>,
     /// A job that waits for this connection's chats to other nodes to be settled (`job` is set).
     pub waiting_job: Option<Job>,
     /// Acknowledged delivery, when the login asked for it.
@@ -208,7 +206,6 @@ impl Session {
             replies: VecDeque::new(),
             routing: 0,
             anonymous_since: Some(std::time::Instant::now()),
-            peer: None,
             waiting_job: None,
             acks: None,
         }

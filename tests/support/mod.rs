@@ -235,6 +235,19 @@ impl Client {
         }
     }
 
+    /// The next message within `wait`; `None` on a timeout, a close or a reset (a refused
+    /// connection), where `try_recv` would panic on the reset.
+    pub fn answer_within(&mut self, wait: Duration) -> Option<Value> {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut line = String::new();
+        let r = self.reader.read_line(&mut line);
+        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        match r {
+            Ok(n) if n > 0 => serde_json::from_str(&line).ok(),
+            _ => None,
+        }
+    }
+
     /// Asserts nothing arrives for a while.
     pub fn expect_silence(&mut self, wait: Duration) {
         if let Some(v) = self.try_recv(wait) {
