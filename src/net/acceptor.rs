@@ -80,9 +80,11 @@ impl Acceptor {
     fn accept_loop<M>(&mut self, router: &Router<M>) -> io::Result<()> {
         let mut events = Events::with_capacity(64);
         let mut next = 0;
-        // A descriptor kept in reserve: when the process runs out, it is freed to accept and
-        // close one waiting client, which then sees a clean close instead of hanging.
-        let mut spare = std::fs::File::open("/dev/null").ok();
+        // Descriptors kept in reserve: when the process runs out, one is freed to accept and
+        // close one waiting client, which then sees a clean close instead of hanging. Several,
+        // because another thread (a store opening a file) may take a freed descriptor first.
+        let mut spares = Spares::default();
+        spares.refill();
         let mut backoff = None;
         let mut refusals = Refusals::default();
         loop {
@@ -122,11 +124,10 @@ impl Acceptor {
                             warned = true;
                         }
                         // Linux reports EMFILE before it looks at the queue, so the queue may
-                        // well be empty: only the accept with the spare freed tells.
-                        if spare.take().is_some() {
-                            // Dropped before the spare is reopened: that needs the descriptor.
+                        // well be empty: only the accept with a spare freed tells.
+                        if spares.free_one() {
                             let refused = self.listener.accept().map(|(stream, _)| drop(stream));
-                            spare = std::fs::File::open("/dev/null").ok();
+                            spares.refill();
                             match refused {
                                 Ok(()) => log::debug!("out of file descriptors: refused a client"),
                                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -136,9 +137,9 @@ impl Acceptor {
                                 }
                             }
                         } else {
-                            // Descriptors may have been freed since the spare was lost.
-                            spare = std::fs::File::open("/dev/null").ok();
-                            if spare.is_none() {
+                            // Descriptors may have been freed since the spares were lost.
+                            spares.refill();
+                            if spares.is_empty() {
                                 log::warn!("out of file descriptors: accepting again in {ACCEPT_BACKOFF:?}");
                                 backoff = Some(ACCEPT_BACKOFF);
                                 break;
@@ -154,6 +155,33 @@ impl Acceptor {
                 }
             }
         }
+    }
+}
+
+/// Descriptors held in reserve (see `accept_loop`).
+#[derive(Default)]
+struct Spares(Vec<std::fs::File>);
+
+impl Spares {
+    const KEEP: usize = 4;
+
+    /// Opens spares up to `KEEP`, as far as descriptors allow.
+    fn refill(&mut self) {
+        while self.0.len() < Self::KEEP {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => self.0.push(f),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Closes one spare, so the next descriptor the process opens can be had; `false` if none.
+    fn free_one(&mut self) -> bool {
+        self.0.pop().is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
