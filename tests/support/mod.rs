@@ -220,10 +220,7 @@ impl Client {
     }
 
     pub fn try_recv(&mut self, wait: Duration) -> Option<Value> {
-        self.stream.set_read_timeout(Some(wait)).unwrap();
-        let mut line = String::new();
-        let r = self.reader.read_line(&mut line);
-        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let (r, line) = self.line_within(wait);
         match r {
             Ok(0) => None,
             Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| {
@@ -238,14 +235,19 @@ impl Client {
     /// The next message within `wait`; `None` on a timeout, a close or a reset (a refused
     /// connection), where `try_recv` would panic on the reset.
     pub fn answer_within(&mut self, wait: Duration) -> Option<Value> {
+        match self.line_within(wait) {
+            (Ok(n), line) if n > 0 => serde_json::from_str(&line).ok(),
+            _ => None,
+        }
+    }
+
+    /// One line read with `wait` as the timeout (then the usual one again).
+    fn line_within(&mut self, wait: Duration) -> (std::io::Result<usize>, String) {
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let mut line = String::new();
         let r = self.reader.read_line(&mut line);
         self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        match r {
-            Ok(n) if n > 0 => serde_json::from_str(&line).ok(),
-            _ => None,
-        }
+        (r, line)
     }
 
     /// Asserts nothing arrives for a while.
