@@ -24,7 +24,9 @@ fn collect_at_login(s: &TestServer, id: u32, expected: usize) -> Vec<String> {
     let mut got: Vec<String> =
         decoded(&ack, "offlinemsg").iter().map(|m| m["msg"].as_str().unwrap_or_default().to_owned()).collect();
     while got.len() < expected {
-        match c.try_recv(Duration::from_secs(3)) {
+        // Longer than two mailbox sweeps (2 s each): a poke that crosses the login can be
+        // lost, and then the sweep delivers the messages within about two periods.
+        match c.try_recv(Duration::from_secs(5)) {
             Some(m) if m["msgid"] == 6 => got.push(m["msg"].as_str().unwrap_or_default().to_owned()),
             Some(other) => panic!("unexpected {other}"),
             None => break,
