@@ -193,15 +193,13 @@ fn main() -> ExitCode {
         eprintln!("chatbench: --acks is for pingpong against the chat");
         return ExitCode::FAILURE;
     }
-    let cpu_before = total(&args.pid, chat::bench::cpu_time);
-    let report = match run(&plan) {
+    let (report, cpu) = match with_cpu(&args.pid, || run(&plan)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("chatbench: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let cpu = cpu_before.zip(total(&args.pid, chat::bench::cpu_time)).map(|(b, a)| a.saturating_sub(b));
     let cpu_us_per_msg = cpu.map(|c| c.as_secs_f64() * 1e6 / report.delivered.max(1) as f64);
     let q = |p: f64| report.latency.value_at_quantile(p);
     let last = report.last_member.as_ref().map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()));
@@ -246,15 +244,13 @@ fn main() -> ExitCode {
 fn logins(args: &Args, addrs: Vec<String>) -> ExitCode {
     use chat::bench::logins::{logins, LoginPlan};
     let plan = LoginPlan { addrs, friends: args.friends, logins: args.messages };
-    let cpu_before = total(&args.pid, chat::bench::cpu_time);
-    let r = match logins(&plan) {
+    let (r, cpu) = match with_cpu(&args.pid, || logins(&plan)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("chatbench: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let cpu = cpu_before.zip(total(&args.pid, chat::bench::cpu_time)).map(|(b, a)| a.saturating_sub(b));
     let cpu_us_per_login = cpu.map(|c| c.as_secs_f64() * 1e6 / r.logins.max(1) as f64);
     if args.json {
         let mut v = serde_json::to_value(&r).unwrap_or_default();
@@ -315,6 +311,15 @@ fn integrity(args: &Args, addrs: Vec<String>) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Runs `f`, with the CPU time the processes `pids` spent meanwhile (summed; `None` if none
+/// were given or one could not be read).
+fn with_cpu<T, E>(pids: &[u32], f: impl FnOnce() -> Result<T, E>) -> Result<(T, Option<std::time::Duration>), E> {
+    let before = total(pids, chat::bench::cpu_time);
+    let out = f()?;
+    let cpu = before.zip(total(pids, chat::bench::cpu_time)).map(|(b, a)| a.saturating_sub(b));
+    Ok((out, cpu))
 }
 
 /// A reading summed over the given processes; `None` if there are none or one cannot be read.

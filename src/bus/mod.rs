@@ -18,11 +18,7 @@ pub trait Inbox: Send + Sync + std::fmt::Debug {
     /// A message (newline included) for a user who should be live on this node.
     fn deliver(&self, user: UserId, msg: Arc<str>);
     /// A group message for members who should be live on this node.
-    fn deliver_many(&self, users: &[UserId], msg: Arc<str>) {
-        for &user in users {
-            self.deliver(user, msg.clone());
-        }
-    }
+    fn deliver_many(&self, users: &[UserId], msg: Arc<str>);
     /// The users live on this node, to claim again after the bus was lost.
     fn local_users(&self) -> Vec<UserId>;
     /// Ends a user's session here: another node holds its presence.

@@ -239,9 +239,7 @@ pub(crate) enum Effect {
 pub(crate) trait Outlet {
     fn deliver(&self, d: Delivery);
     /// Delivers many at once: one hand-over per reactor.
-    fn deliver_many(&self, ds: Vec<Delivery>) {
-        ds.into_iter().for_each(|d| self.deliver(d));
-    }
+    fn deliver_many(&self, ds: Vec<Delivery>);
     /// Asks the session at `to` to fetch its mailbox.
     fn drain(&self, to: Loc, user: UserId);
     /// As `drain`, unless the session has read mailbox row `newest` already.
